@@ -1,0 +1,117 @@
+"""The data contracts between stages (DESIGN.md section 3), as pyarrow schemas.
+
+Every stage boundary is a Parquet file set with one of these schemas; scripts and users rely on the column names, so
+change them only together with DESIGN.md. This module imports nothing of `engine`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Input: one image-caption pair. `image` holds the encoded bytes, or is null when `image_path` (relative to the data
+# set's root) names the file instead. `meta` is free-form JSON text carried through to the outputs.
+CAPTION_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("image", pa.binary()),
+        pa.field("image_path", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("meta", pa.string()),
+    ]
+)
+
+# Columns that say where a row came from and what made it; shared by the task and training-example rows.
+LINEAGE_FIELDS = [
+    pa.field("synthesizer", pa.string()),
+    pa.field("filter", pa.string()),
+    pa.field("prompt_version", pa.string()),
+    pa.field("seed", pa.int64()),
+    pa.field("shard", pa.string()),
+    pa.field("created_at", pa.timestamp("us", tz="UTC")),
+]
+
+# One synthesized task, kept or not; `reason` says why a task was dropped.
+TASK_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("source_id", pa.string()),
+        pa.field("question", pa.string()),
+        pa.field("precise", pa.string()),
+        pa.field("informative", pa.string()),
+        pa.field("consistency", pa.string()),  # yes | no | open | null (not judged)
+        pa.field("kept", pa.bool_()),
+        pa.field("reason", pa.string()),
+        *LINEAGE_FIELDS,
+    ]
+)
+
+MESSAGE_TYPE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+
+# One training conversation (ShareGPT / LLaMA-Factory style, `<image>` placeholders in the message text).
+EXAMPLE_KINDS = ("caption", "synthetic", "caption+synthetic")
+EXAMPLE_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("source_id", pa.string()),
+        pa.field("images", pa.list_(pa.binary())),
+        pa.field("messages", pa.list_(MESSAGE_TYPE)),
+        pa.field("kind", pa.string()),
+        *LINEAGE_FIELDS,
+    ]
+)
+
+# A row that could not be used, with the stage that refused it and why. The original row's columns follow these.
+QUARANTINE_FIELDS = [
+    pa.field("id", pa.string()),
+    pa.field("stage", pa.string()),
+    pa.field("reason", pa.string()),
+    pa.field("detail", pa.string()),
+]
+
+# One benchmark example (evaluation input). Optional columns by task: `answer_type` (OPEN/CLOSED), options `A`..`D`,
+# or a list label serialized as JSON text in `label`.
+BENCHMARK_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("image", pa.binary()),
+        pa.field("input", pa.string()),
+        pa.field("label", pa.string()),
+        pa.field("answer_type", pa.string()),
+    ]
+)
+
+# One model answer on one benchmark example, with its per-example scores as JSON text.
+PREDICTION_SCHEMA = pa.schema(
+    [
+        pa.field("task", pa.string()),
+        pa.field("example_id", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("prompt", pa.string()),
+        pa.field("prediction", pa.string()),
+        pa.field("label", pa.string()),
+        pa.field("answer_type", pa.string()),
+        pa.field("scores", pa.string()),
+    ]
+)
+
+# Seed data for synthesizer tuning (DESIGN.md section 4): an image, its caption and question/answer pairs, each with a
+# precise and an informative answer.
+SEED_TASK_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("image", pa.binary()),
+        pa.field("caption", pa.string()),
+        pa.field(
+            "tasks",
+            pa.list_(
+                pa.struct(
+                    [
+                        pa.field("question", pa.string()),
+                        pa.field("precise", pa.string()),
+                        pa.field("informative", pa.string()),
+                    ]
+                )
+            ),
+        ),
+    ]
+)
