@@ -1,0 +1,116 @@
+"""The `adapt` command line: one verb per stage, plus run, score, report, ablate and check-config.
+
+Heavy libraries (ray, torch, vllm) are imported inside the verbs that need them, so `adapt --help` and
+`adapt check-config` answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from engine.config import ConfigError, RunConfig, dump_config, load_config
+
+EXIT_OK = 0
+EXIT_INVALID = 2  # bad config or bad arguments (argparse uses 2 for usage errors too)
+EXIT_NOT_BUILT = 3  # the verb's stage is not part of this version yet
+
+# Stages whose drivers land in later versions, with the issue that tracks them. A verb listed here validates its
+# config and then says plainly that it cannot run yet; it never prints made-up results.
+NOT_BUILT_YET = {
+    "synthesize": "the synthesis pipeline (issue 3)",
+    "train": "the training stage (issue 4)",
+    "evaluate": "the evaluation stage (issue 5)",
+    "score": "the evaluation stage (issue 5)",
+    "report": "the evaluation stage (issue 5)",
+    "ablate": "the ablation grid (issue 6)",
+}
+
+
+def _load(args: argparse.Namespace) -> RunConfig:
+    return load_config(args.config, args.overrides)
+
+
+def _not_built(verb: str) -> int:
+    print(f"adapt {verb}: not available in this version: it needs {NOT_BUILT_YET[verb]}.", file=sys.stderr)
+    return EXIT_NOT_BUILT
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(dump_config(config), end="")
+    print(f"# valid: {args.config} (fingerprint {config.fingerprint()})", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    """A stage verb whose driver is not built yet: the config is still checked, so its errors surface today."""
+    if getattr(args, "config", None):
+        _load(args)
+    return _not_built(args.verb)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"adapt run: config {args.config} is valid (fingerprint {config.fingerprint()})")
+    print(f"adapt run: run directory {config.output_dir}")
+    print("adapt run: stages: synthesize -> train -> evaluate (base and adapted) -> report")
+    return _not_built("synthesize")
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config (see configs/)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="override any field, e.g. training.learning_rate=2e-5"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adapt",
+        description="Adapt a multimodal LLM to a domain from image-caption pairs (the AdaMLLM method, on Ray).",
+        epilog=f"Exit codes: {EXIT_OK} success, {EXIT_INVALID} invalid config or arguments, "
+        f"{EXIT_NOT_BUILT} verb not available in this version.",
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help_text: str, handler: Callable[[argparse.Namespace], int], *, config: bool = True):
+        sub = verbs.add_parser(name, help=help_text, description=help_text)
+        if config:
+            _add_config_arguments(sub)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    verb("synthesize", "Image-caption shards -> synthesizer -> consistency filter -> Parquet instruction set.", cmd_stage)
+    verb("train", "Single-stage post-training (Ray Train + DeepSpeed); `training.task=synthesizer` tunes a synthesizer.",
+         cmd_stage)
+    verb("evaluate", "Score the base and adapted models on the domain's benchmarks; write the report.", cmd_stage)
+    verb("run", "synthesize -> train -> evaluate -> report in one run directory, skipping finished stages.", cmd_run)
+    verb("ablate", "Run the paper's ablation grid (synthesizer, filter, single vs two stage) and tabulate it.",
+         cmd_stage)
+    verb("check-config", "Validate a config and print it resolved (defaults filled in). Exit 0 valid, 2 invalid.",
+         cmd_check_config)
+
+    score = verb("score", "Score a JSONL predictions file made by any system on one task.", cmd_stage, config=False)
+    score.add_argument("--task", required=True, help="task name, e.g. slake, food101, recipe1m")
+    score.add_argument("--predictions", required=True, help="JSONL with prediction, label (+ answer_type, options)")
+    score.add_argument("--out", help="write the scores as JSON here too")
+
+    report = verb("report", "Regenerate report.json, report.md and report.png of a run directory.", cmd_stage,
+                  config=False)
+    report.add_argument("run_dir", help="a run directory (output_dir of a config)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as err:
+        print(f"adapt {args.verb}: invalid config\n{err}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""Configuration: one pydantic model per stage, loaded from YAML with `key.sub=value` overrides.
+
+Every check that can fail before work starts is made here, so a bad config costs seconds, not a cluster hour:
+unknown keys, wrong types, missing local files and impossible combinations all raise ConfigError, whose message names
+the field (as a dotted path) and the file (or the command line, for overrides).
+
+A model or data reference is a LOCAL PATH when it starts with "/", "./", "../" or "~" (it must then exist), a URL when
+it has a scheme ("s3://", "gs://", "hf://", "memory://": checked by the stage that opens it), and otherwise a Hugging
+Face hub id ("org/name"). Relative paths are relative to the working directory, as with `ray job submit --working-dir`.
+This module imports nothing of `engine`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ModelFamily = Literal["qwen2-vl", "llava-llama3", "mllama", "text"]
+InferenceBackend = Literal["vllm", "transformers", "openai"]
+Device = Literal["cpu", "cuda"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot run. The message lists every problem as `SOURCE: field.path: what is wrong`."""
+
+
+def is_local_path(ref: str) -> bool:
+    return ref.startswith(("/", "./", "../", "~"))
+
+
+def is_url(ref: str) -> bool:
+    return "://" in ref
+
+
+class FieldProblem(ValueError):
+    """Raised by a section's cross-field check; names the field so the error message points at it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}{_FIELD_SEPARATOR}{message}")
+
+
+_FIELD_SEPARATOR = " :: "
+
+
+def _require_local_path_exists(ref: str, field: str) -> None:
+    if is_local_path(ref) and not Path(ref).expanduser().exists():
+        raise FieldProblem(field, f"{ref!r} does not exist (relative paths resolve against {os.getcwd()})")
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, and assignments are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ClusterConfig(Section):
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join: 'auto', 'ray://host:10001', or null to start a local Ray on this machine.",
+    )
+    num_cpus: int | None = Field(
+        None,
+        ge=1,
+        description="Logical CPUs of a LOCAL Ray (ignored when joining a cluster). On small machines set it above the "
+        "core count (e.g. 4 on 2 cores) so actor pools do not starve the read tasks.",
+    )
+    temp_dir: str | None = Field(None, description="Local Ray's session directory (default: Ray's own).")
+    runtime_env: str | None = Field(
+        None, description="Path to a runtime_env YAML applied to every task and actor (e.g. cluster/runtime_env.yaml)."
+    )
+
+    @model_validator(mode="after")
+    def _runtime_env_exists(self) -> ClusterConfig:
+        if self.runtime_env:
+            _require_local_path_exists(self.runtime_env, "runtime_env")
+        return self
+
+
+class DataConfig(Section):
+    path: str = Field(description="Input data set: a folder, a file, a glob, or an fsspec URL (s3://, gs://, hf://).")
+    format: Literal["parquet", "jsonl", "webdataset", "hf_disk"] = Field(description="How the data set is stored.")
+    min_image_side: int = Field(28, ge=1, description="Images with a shorter side are quarantined (too_small).")
+    max_image_side: int = Field(16384, ge=1, description="Images with a longer side are quarantined (too_large).")
+    max_image_pixels: int = Field(
+        89_478_485, ge=1, description="Pixel-count bound against decompression bombs (Pillow's default)."
+    )
+    max_caption_chars: int = Field(8192, ge=1, description="Longer captions are quarantined (caption_too_long).")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.min_image_side > self.max_image_side:
+            raise FieldProblem("min_image_side", f"{self.min_image_side} exceeds max_image_side ({self.max_image_side})")
+        if not any(ch in self.path for ch in "*?["):
+            _require_local_path_exists(self.path, "path")
+        return self
+
+
+class EngineConfig(Section):
+    """An inference engine and the Ray actor pool that holds it (synthesizer, consistency judge, evaluation)."""
+
+    model: str = Field(description="Hub id, local path (./...), or for backend 'openai' the served model name.")
+    family: ModelFamily = Field(description="Prompt format of the model family.")
+    backend: InferenceBackend = Field("vllm", description="vllm (CUDA or CPU build), transformers, or openai (HTTP).")
+    device: Device = Field("cuda", description="Where the engine runs; 'cpu' for vLLM's CPU build or CPU torch.")
+    base_url: str | None = Field(None, description="OpenAI-compatible server URL (backend 'openai' only).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the server's API key.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
+    concurrency: int = Field(1, ge=1, description="Actors in the pool (engine replicas).")
+    num_gpus: float = Field(0, ge=0, description="GPUs per actor (tensor_parallel_size is taken from it).")
+    num_cpus: float = Field(1, gt=0, description="CPUs per actor; fractional values let small machines oversubscribe.")
+    batch_size: int = Field(32, ge=1, description="Rows per map_batches call.")
+    max_tokens: int = Field(512, ge=1, description="Generation budget per request.")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy, as in the paper.")
+    max_model_len: int | None = Field(None, ge=16, description="Context length cap (vLLM).")
+    kv_cache_gib: float | None = Field(
+        None,
+        gt=0,
+        description="KV cache size for vLLM's CPU build (GiB). Required there: its default reserves most of a NUMA "
+        "node and start-up fails on small machines.",
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM on CUDA: share of GPU memory to use.")
+    cpu_threads_bind: list[str] | None = Field(
+        None,
+        description="vLLM CPU build: one core list per actor (e.g. ['0'] or ['0', '1']) so two engines do not share "
+        "a core.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> EngineConfig:
+        if self.device == "cpu" and self.num_gpus > 0:
+            raise FieldProblem("num_gpus", f"is {self.num_gpus} but device is 'cpu'; set num_gpus: 0 or device: cuda")
+        if self.device == "cuda" and self.backend != "openai" and self.num_gpus == 0:
+            raise FieldProblem("num_gpus", "device 'cuda' needs num_gpus > 0 per actor")
+        if self.backend == "openai":
+            if not self.base_url:
+                raise FieldProblem("base_url", "backend 'openai' needs the server's URL")
+            if self.num_gpus > 0:
+                raise FieldProblem("num_gpus", "backend 'openai' calls a server; its actors need num_gpus: 0")
+        elif self.base_url:
+            raise FieldProblem("base_url", f"is only used by backend 'openai' (backend is {self.backend!r})")
+        if self.cpu_threads_bind is not None and len(self.cpu_threads_bind) != self.concurrency:
+            raise FieldProblem(
+                "cpu_threads_bind", f"has {len(self.cpu_threads_bind)} entries but concurrency is {self.concurrency}"
+            )
+        if self.backend == "vllm" and self.device == "cpu" and self.kv_cache_gib is None:
+            raise FieldProblem("kv_cache_gib", "vLLM on CPU needs it (its default reservation fails on small machines)")
+        _require_local_path_exists(self.model, "model")
+        return self
+
+
+class SynthesisConfig(Section):
+    synthesizer: Literal["model", "rule_based"] = Field(
+        "model", description="'model' runs the MLLM synthesizer; 'rule_based' is the paper's template baseline."
+    )
+    engine: EngineConfig | None = Field(None, description="The synthesizer model (required when synthesizer: model).")
+    prompt_format: Literal["adamllm", "family"] = Field(
+        "adamllm",
+        description="'adamllm' speaks the released AdaMLLM synthesizer's format; 'family' renders the same "
+        "conversation in the engine's model family format (for synthesizers you tuned yourself).",
+    )
+    seed: int = Field(0, description="Seed of the rule-based templates and of compose's template choice.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SynthesisConfig:
+        if self.synthesizer == "model" and self.engine is None:
+            raise FieldProblem("engine", "synthesizer 'model' needs an engine section")
+        return self
+
+
+class FilterConfig(Section):
+    enabled: bool = Field(True, description="Keep only tasks the judge labels consistent (the paper's filter).")
+    judge: Literal["llm", "lexical"] = Field(
+        "llm", description="'llm' asks a text LLM (the paper's route); 'lexical' is a cheap word-overlap heuristic."
+    )
+    engine: EngineConfig | None = Field(None, description="The judge model (required when judge: llm).")
+
+    @model_validator(mode="after")
+    def _check(self) -> FilterConfig:
+        if self.enabled and self.judge == "llm" and self.engine is None:
+            raise FieldProblem("engine", "judge 'llm' needs an engine section")
+        return self
+
+
+class TrainingConfig(Section):
+    task: Literal["target", "synthesizer"] = Field(
+        "target", description="'target' post-trains the MLLM; 'synthesizer' tunes an MLLM into a task synthesizer."
+    )
+    model: str = Field(description="Model to train: hub id or local path.")
+    family: ModelFamily = Field(description="Model family (chat template, collation).")
+    mixture: Literal["single_stage", "two_stage", "caption_only", "synthetic_only"] = Field(
+        "single_stage", description="Training mixture; single_stage is the paper's method, the rest its ablations."
+    )
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU on clusters).")
+    use_gpu: bool = Field(True, description="One GPU per worker; false trains on CPU with gloo.")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per training worker.")
+    deepspeed_config: str = Field("./configs/deepspeed/zero2.json", description="DeepSpeed JSON (ZeRO stage etc.).")
+    precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16 on GPUs; fp32 on CPU.")
+    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate of the projector and language model.")
+    vision_learning_rate: float | None = Field(
+        None, gt=0, description="Peak learning rate of the vision encoder (default: learning_rate)."
+    )
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear warm-up before cosine decay.")
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    global_batch_size: int = Field(128, ge=1, description="Examples per optimizer step across all workers.")
+    micro_batch_size: int = Field(1, ge=1, description="Examples per worker per forward pass.")
+    max_length: int = Field(6144, ge=16, description="Token budget per example; longer text is truncated, images kept.")
+    checkpoint_every: int = Field(100, ge=1, description="Optimizer steps between checkpoints.")
+    blank_image_fraction: float = Field(
+        0.1, ge=0, le=1, description="Synthesizer tuning: share of images replaced by a blank image."
+    )
+    seed: int = Field(0)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingConfig:
+        _require_local_path_exists(self.model, "model")
+        _require_local_path_exists(self.deepspeed_config, "deepspeed_config")
+        if not self.use_gpu and self.precision == "bf16":
+            raise FieldProblem("precision", "'bf16' needs GPUs; use precision: fp32 with use_gpu: false")
+        per_step = self.num_workers * self.micro_batch_size
+        if self.global_batch_size % per_step:
+            raise FieldProblem(
+                "global_batch_size",
+                f"{self.global_batch_size} must be a multiple of num_workers x micro_batch_size "
+                f"({per_step}) so gradient accumulation is a whole number"
+            )
+        return self
+
+
+class BenchmarkConfig(Section):
+    task: str = Field(description="Task name (e.g. slake, food101, demo_vqa); decides prompt, max_tokens and metric.")
+    path: str | None = Field(None, description="Local copy of the benchmark; null reads the task's hub data set.")
+    format: Literal["parquet", "jsonl", "hf_disk"] = Field("parquet", description="How the local copy is stored.")
+    limit: int | None = Field(None, ge=1, description="Score only the first N examples (smoke runs).")
+
+    @model_validator(mode="after")
+    def _path_exists(self) -> BenchmarkConfig:
+        if self.path:
+            _require_local_path_exists(self.path, "path")
+        return self
+
+
+class EvaluationConfig(Section):
+    benchmarks: list[BenchmarkConfig] = Field(min_length=1, description="Benchmarks to score every model on.")
+    models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra models to score, name -> hub id or path. `adapt run` adds 'base' (training.model) and "
+        "'adapted' (the trained model).",
+    )
+    engine: EngineConfig = Field(description="Inference engine settings; its `model` is replaced per scored model.")
+
+
+class RunConfig(Section):
+    """A whole run: every stage reads its own section; `adapt run` chains them in one run directory."""
+
+    output_dir: str = Field(description="Run directory (local path or fsspec URL); one sub-folder per stage.")
+    seed: int = Field(0, description="Global seed.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    data: DataConfig
+    synthesis: SynthesisConfig
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    training: TrainingConfig | None = None
+    evaluation: EvaluationConfig | None = None
+
+    def fingerprint(self) -> str:
+        """Short hash of the resolved config, recorded in every manifest so outputs name what made them."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Set `a.b.c=value` in a nested dict. The value is parsed as YAML, so `4`, `true`, `null`, `[a, b]` keep types."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"command line: override {assignment!r} is not of the form key.sub=value")
+    parts = key.strip().split(".")
+    node = tree
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            prefix = ".".join(parts[: depth + 1])
+            raise ConfigError(f"command line: override {assignment!r}: {prefix} is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"command line: override {assignment!r}: value is not valid YAML ({err})") from err
+
+
+def _format_errors(err: ValidationError, source: str, overridden: set[str]) -> str:
+    lines = []
+    for item in err.errors():
+        path = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if _FIELD_SEPARATOR in message:
+            field, message = message.split(_FIELD_SEPARATOR, 1)
+            path = f"{path}.{field}" if path else field
+        path = path or "(top level)"
+        # An unknown section named on the command line ("nope.x=1") is reported at the section ("nope").
+        unknown = item["type"] == "extra_forbidden"
+        from_command_line = any(key == path or (unknown and key.startswith(path + ".")) for key in overridden)
+        where = "command line" if from_command_line else source
+        if unknown:
+            message = "unknown key"
+        elif "input" in item and item["type"] != "missing" and not isinstance(item["input"], dict):
+            message += f" (got {item['input']!r})"
+        lines.append(f"{where}: {path}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config, apply `key.sub=value` overrides, validate. Raises ConfigError naming field and file."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: config file not found") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(tree).__name__}")
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        overridden = {assignment.partition("=")[0].strip() for assignment in overrides}
+        raise ConfigError(_format_errors(err, str(path), overridden)) from None
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML (defaults filled in), as `adapt check-config` prints it."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,49 @@
+"""Shared test fixtures: a working directory with what a demo-like config points at."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A working directory holding what demo-like configs point at, so relative paths resolve."""
+    for folder in ("models/vlm", "models/judge", "data/pairs"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "ds.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def engine_section(model: str, family: str) -> dict:
+    return {"model": model, "family": family, "backend": "vllm", "device": "cpu", "num_cpus": 0.5, "kv_cache_gib": 0.25}
+
+
+def base_tree() -> dict:
+    return {
+        "output_dir": "./runs/x",
+        "data": {"path": "./data/pairs", "format": "parquet"},
+        "synthesis": {"synthesizer": "model", "engine": engine_section("./models/vlm", "qwen2-vl")},
+        "filter": {"judge": "llm", "engine": engine_section("./models/judge", "text")},
+        "training": {
+            "model": "./models/vlm",
+            "family": "qwen2-vl",
+            "use_gpu": False,
+            "precision": "fp32",
+            "num_workers": 2,
+            "global_batch_size": 8,
+            "micro_batch_size": 2,
+            "deepspeed_config": "./ds.json",
+        },
+    }
+
+
+def write_config(workdir: Path, tree: dict, name: str = "run.yaml") -> Path:
+    path = workdir / name
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+

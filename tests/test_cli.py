@@ -1,0 +1,54 @@
+"""The `adapt` command line: help for every verb, check-config's exit codes, honest refusals of unbuilt verbs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.cli import EXIT_INVALID, EXIT_NOT_BUILT, build_parser, main
+from tests.conftest import base_tree, write_config
+
+VERBS = ["synthesize", "train", "evaluate", "run", "score", "report", "ablate", "check-config"]
+
+
+def test_console_script_prints_help():
+    adapt = Path(sys.executable).with_name("adapt")
+    result = subprocess.run([str(adapt), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for verb in VERBS:
+        assert verb in result.stdout
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([verb, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: adapt {verb}" in capsys.readouterr().out
+
+
+def test_check_config_prints_resolved_config_and_exits_zero(workdir, capsys):
+    path = write_config(workdir, base_tree())
+    assert main(["check-config", str(path), "training.learning_rate=3e-5"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["training"]["learning_rate"] == 3e-5
+    assert resolved["training"]["weight_decay"] == 0.0  # a default filled in
+
+
+def test_check_config_exits_two_naming_the_field(workdir, capsys):
+    path = write_config(workdir, base_tree())
+    assert main(["check-config", str(path), "training.num_workers=0"]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert "command line: training.num_workers: Input should be greater than or equal to 1" in err
+
+
+@pytest.mark.parametrize("verb", ["synthesize", "train", "evaluate", "ablate", "run"])
+def test_unbuilt_stage_verbs_validate_then_refuse(verb, workdir, capsys):
+    path = write_config(workdir, base_tree())
+    assert main([verb, str(path)]) == EXIT_NOT_BUILT
+    assert "not available in this version" in capsys.readouterr().err
+    assert main([verb, str(path), "data.format=csv"]) == EXIT_INVALID

@@ -1,0 +1,134 @@
+"""Config loading: valid configs resolve, bad ones fail before any work with the field and the file named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.config import ConfigError, apply_override, dump_config, load_config
+from tests.conftest import base_tree, write_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def error_lines(path: Path, overrides: list[str] = ()) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return str(info.value).splitlines()
+
+
+def test_valid_config_resolves_defaults(workdir):
+    config = load_config(write_config(workdir, base_tree()))
+    assert config.training.learning_rate == 1e-5
+    assert config.synthesis.engine.trust_remote_code is False
+    assert config.filter.enabled is True
+    assert config.cluster.address is None
+    resolved = yaml.safe_load(dump_config(config))
+    assert resolved["training"]["warmup_ratio"] == 0.1
+    assert resolved["data"]["max_image_pixels"] == 89_478_485
+
+
+def test_overrides_keep_yaml_types_and_reach_nested_fields(workdir):
+    path = write_config(workdir, base_tree())
+    config = load_config(
+        path,
+        ["training.learning_rate=2e-5", "synthesis.engine.batch_size=7", "filter.enabled=false", "cluster.num_cpus=4"],
+    )
+    assert config.training.learning_rate == 2e-5
+    assert config.synthesis.engine.batch_size == 7
+    assert config.filter.enabled is False
+    assert config.cluster.num_cpus == 4
+
+
+def test_override_can_create_a_section(workdir):
+    config = load_config(write_config(workdir, base_tree()), ["cluster.address=auto"])
+    assert config.cluster.address == "auto"
+
+
+def test_fingerprint_changes_with_any_field(workdir):
+    path = write_config(workdir, base_tree())
+    assert load_config(path).fingerprint() == load_config(path).fingerprint()
+    assert load_config(path).fingerprint() != load_config(path, ["seed=1"]).fingerprint()
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda t: t["training"].update(lr=1), "run.yaml: training.lr: unknown key"),
+        (lambda t: t["training"].update(learning_rate="fast"), "run.yaml: training.learning_rate: Input should be"),
+        (lambda t: t["data"].update(format="csv"), "run.yaml: data.format: Input should be"),
+        (lambda t: t["data"].update(path="./nowhere"), "run.yaml: data.path: './nowhere' does not exist"),
+        (lambda t: t["synthesis"]["engine"].update(num_gpus=1), "run.yaml: synthesis.engine.num_gpus: is 1"),
+        (lambda t: t["filter"]["engine"].update(kv_cache_gib=None), "run.yaml: filter.engine.kv_cache_gib: vLLM on CPU"),
+        (lambda t: t["synthesis"]["engine"].update(backend="openai"), "run.yaml: synthesis.engine.base_url:"),
+        (lambda t: t["synthesis"].pop("engine"), "run.yaml: synthesis.engine: synthesizer 'model' needs an engine"),
+        (lambda t: t["training"].update(model="./models/absent"), "run.yaml: training.model: './models/absent' does"),
+        (lambda t: t["training"].update(precision="bf16"), "run.yaml: training.precision: 'bf16' needs GPUs"),
+        (lambda t: t["training"].update(global_batch_size=7), "run.yaml: training.global_batch_size: 7 must be"),
+        (lambda t: t.pop("data"), "run.yaml: data: Field required"),
+        (lambda t: t["data"].update(min_image_side=64, max_image_side=32), "run.yaml: data.min_image_side: 64 exceeds"),
+    ],
+)
+def test_bad_config_names_field_and_file(workdir, mutate, expected):
+    tree = base_tree()
+    mutate(tree)
+    path = write_config(workdir, tree)
+    expected = expected.replace("run.yaml", str(path), 1)
+    assert any(line.startswith(expected) for line in error_lines(path)), expected
+
+
+def test_every_problem_is_reported_at_once(workdir):
+    tree = base_tree()
+    tree["training"]["lr"] = 1
+    tree["data"]["format"] = "csv"
+    lines = error_lines(write_config(workdir, tree))
+    assert len(lines) == 2
+
+
+def test_override_errors_point_at_the_command_line(workdir):
+    path = write_config(workdir, base_tree())
+    lines = error_lines(path, ["training.learning_rate=abc", "nope.x=1"])
+    assert "command line: training.learning_rate: Input should be a valid number" in lines[0]
+    assert "command line: nope: unknown key" in lines
+
+
+def test_hub_ids_and_urls_are_not_checked_locally(workdir):
+    tree = base_tree()
+    tree["training"]["model"] = "Qwen/Qwen2-VL-2B-Instruct"
+    tree["data"]["path"] = "s3://bucket/pairs/"
+    config = load_config(write_config(workdir, tree))
+    assert config.training.model == "Qwen/Qwen2-VL-2B-Instruct"
+
+
+@pytest.mark.parametrize("text, fragment", [("a: [1", "not valid YAML"), ("- 1\n- 2\n", "top level must be a mapping")])
+def test_unreadable_files_fail_clearly(workdir, text, fragment):
+    path = workdir / "broken.yaml"
+    path.write_text(text)
+    lines = error_lines(path)
+    assert lines[0].startswith(str(path)) and fragment in lines[0]
+
+
+def test_missing_config_file(workdir):
+    assert error_lines(workdir / "absent.yaml") == [f"{workdir / 'absent.yaml'}: config file not found"]
+
+
+@pytest.mark.parametrize(
+    "assignment, fragment", [("novalue", "not of the form"), ("training.model.x=1", "training.model is a value")]
+)
+def test_malformed_overrides(assignment, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        apply_override({"training": {"model": "m"}}, assignment)
+
+
+def test_shipped_demo_config_is_well_formed():
+    # The demo's local files exist only after `make demo` builds them; every other check must pass already.
+    tree = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
+    problems = []
+    try:
+        load_config(REPO / "configs/demo.yaml")
+    except ConfigError as err:
+        problems = [line for line in str(err).splitlines() if "does not exist" not in line]
+    assert problems == []
+    assert tree["output_dir"] == "./runs/demo"
