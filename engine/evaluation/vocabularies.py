@@ -26,7 +26,8 @@ def food101_classes() -> tuple[str, ...]:
 @cache
 def foodseg103_classes() -> tuple[str, ...]:
     """The 104 FoodSeg103 class names, ids 0..103 (0 background, 103 other ingredients)."""
-    names_by_id = {int(class_id): name for class_id, name in _load_data_file("foodseg103_classes.json")["classes"].items()}
+    classes = _load_data_file("foodseg103_classes.json")["classes"]
+    names_by_id = {int(class_id): name for class_id, name in classes.items()}
     # The file keys classes by id; a gap would silently shift every later class onto the wrong id.
     if sorted(names_by_id) != list(range(len(names_by_id))):
         raise ValueError("foodseg103_classes.json: class ids are not contiguous from 0")

@@ -1,8 +1,8 @@
 """Prompt formats of the supported model families, as data, and one renderer over them.
 
-A conversation is a list of ``{"role", "content"}`` messages (roles ``system``, ``user``, ``assistant``) whose text marks
-each image with the ``<image>`` placeholder (ShareGPT / LLaMA-Factory style). ``render`` turns it into the exact prompt
-string a family's model was trained on; every family differs only in the strings held by its ``ModelFamily``.
+A conversation is a list of ``{"role", "content"}`` messages (roles ``system``, ``user``, ``assistant``) whose text
+marks each image with the ``<image>`` placeholder (ShareGPT / LLaMA-Factory style). ``render`` turns it into the exact
+prompt string a family's model was trained on; every family differs only in the strings held by its ``ModelFamily``.
 
 Where each family's strings come from:
 - ``llava-llama3``: the ``conv_llava_llama_3`` template of Open-LLaVA-NeXT (github.com/xiaoachen98/Open-LLaVA-NeXT,

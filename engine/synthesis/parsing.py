@@ -66,6 +66,8 @@ class ParseResult:
 
 @dataclass(frozen=True)
 class Turn:
+    """One turn of the output: its role, its text without special tokens, and whether its end token arrived."""
+
     role: str
     text: str
     complete: bool

@@ -2,8 +2,8 @@
 
 Each caption yields one task about what the image shows. The question is one of a few templates; the precise answer is
 the caption's key phrase (the subject of its first sentence, with lead-ins such as "This image shows" and a leading
-article removed, cut before the first clause); the informative answer is the caption's first sentence. The template is drawn with
-``random.Random(seed)``, so a task depends only on the caption and the seed.
+article removed, cut before the first clause); the informative answer is the caption's first sentence. The template is
+drawn with ``random.Random(seed)``, so a task depends only on the caption and the seed.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ QUESTION_TEMPLATES = (
 
 MAX_KEY_PHRASE_WORDS = 8
 
-# Openings that name the medium rather than the content ("This image shows a ..."): removed to reach the subject.
+# Openings that name the medium rather than the content ("This image shows a ...", "An aerial photograph of ..."):
+# removed to reach the subject.
 _LEAD_IN = re.compile(
-    r"^(?:(?:this|the|an?)\s+)?(?:image|picture|photo(?:graph)?|figure|scan|view|illustration|micrograph)s?"
+    r"^(?:(?:this|the|an?)\s+)?(?:[\w-]+\s+){0,2}"
+    r"(?:image|picture|photo(?:graph)?|figure|scan|view|illustration|micrograph)s?"
     r"\s+(?:of|shows?|showing|depicts?|depicting|displays?|displaying|illustrates?|presents?|contains?)\s+",
     re.I,
 )

@@ -1,0 +1,1 @@
+"""Storage: image-caption sources, image and caption validation, output sinks."""

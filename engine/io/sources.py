@@ -1,0 +1,226 @@
+"""Image-caption shards -> caption rows, one format decoder per storage format, plain Python over file objects.
+
+Every input record becomes exactly one row, even a broken one: a JSONL line that is not JSON, a record without a
+caption, a tar sample without an image. Such a row carries `problem_reason`/`problem_detail` and is quarantined
+downstream, so `rows_in` counts it. Rows get a `row_key` ("<shard>:<index>") that is unique and stable across runs:
+it is the unit of resume. A row without an `id` gets its row_key as id.
+
+Formats: parquet, jsonl, webdataset (tar), hf_disk (`datasets.Dataset.save_to_disk` folders: Arrow stream files).
+Paths are local or any fsspec URL.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from typing import IO, Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.io.images import Problem
+
+SHARD_EXTENSIONS = {
+    "parquet": (".parquet",),
+    "jsonl": (".jsonl", ".json"),
+    "webdataset": (".tar",),
+    "hf_disk": (".arrow",),
+}
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
+CAPTION_EXTENSIONS = ("txt", "caption", "text")
+RECORD_BATCH_ROWS = 256
+
+# Columns of a raw caption row, as the format decoders emit it.
+RAW_FIELDS = ("row_key", "id", "shard", "row", "image", "image_path", "caption", "meta",
+              "problem_reason", "problem_detail")
+
+
+def dataset_root(path: str) -> str:
+    """The folder that image paths of a data set must stay inside: the folder itself, a file's folder, a glob's
+    fixed prefix."""
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    if any(ch in fs_path for ch in "*?["):
+        fixed = fs_path[: min(fs_path.find(ch) for ch in "*?[" if ch in fs_path)]
+        root = fixed.rsplit("/", 1)[0]
+    elif fs.isdir(fs_path):
+        root = fs_path.rstrip("/")
+    else:
+        root = posixpath.dirname(fs_path)
+    return fs.unstrip_protocol(root) if "://" in path else root
+
+
+def list_shards(path: str, data_format: str) -> list[str]:
+    """Shard files of a data set, sorted, as URLs/paths openable with fsspec. Raises FileNotFoundError if none."""
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    extensions = SHARD_EXTENSIONS[data_format]
+    if any(ch in fs_path for ch in "*?["):
+        found = fs.glob(fs_path)
+    elif fs.isdir(fs_path):
+        found = [p for p in fs.find(fs_path) if p.endswith(extensions)]
+    elif fs.exists(fs_path):
+        found = [fs_path]
+    else:
+        found = []
+    found = sorted(p for p in found if fs.isfile(p))
+    if not found:
+        raise FileNotFoundError(f"no {data_format} shards ({', '.join(extensions)}) at {path}")
+    return [fs.unstrip_protocol(p) if "://" in path else p for p in found]
+
+
+def shard_name(shard_path: str, root: str) -> str:
+    """The shard's path relative to the data set root: stable across machines and mounts."""
+    relative = posixpath.relpath(shard_path.split("://", 1)[-1], root.split("://", 1)[-1])
+    return relative if not relative.startswith("..") else posixpath.basename(shard_path)
+
+
+def resolve_image_path(root: str, shard: str, image_path: str) -> str | Problem:
+    """Join an image path (relative to its shard's folder) onto the root; refuse paths that leave the root."""
+    if not image_path:
+        return Problem("missing_image", "empty image_path")
+    if image_path.startswith(("/", "\\")) or "://" in image_path or (len(image_path) > 1 and image_path[1] == ":"):
+        return Problem("path_escape", f"absolute image_path {image_path!r}")
+    relative = posixpath.normpath(posixpath.join(posixpath.dirname(shard), image_path.replace("\\", "/")))
+    if relative == ".." or relative.startswith("../"):
+        return Problem("path_escape", f"image_path {image_path!r} leaves the data set root")
+    return f"{root.rstrip('/')}/{relative}"
+
+
+def _row(shard: str, index: int, record: dict[str, Any] | None, problem: Problem | None = None) -> dict[str, Any]:
+    record = record or {}
+    image = record.get("image")
+    image_path = record.get("image_path")
+    if isinstance(image, dict):  # Hugging Face `Image` feature: {"bytes": ..., "path": ...}
+        image_path = image_path or (None if image.get("bytes") else image.get("path"))
+        image = image.get("bytes")
+    meta = record.get("meta")
+    if meta is not None and not isinstance(meta, str):
+        meta = json.dumps(meta, ensure_ascii=False, default=str)
+    if problem is None:
+        if record.get("caption") is None:
+            problem = Problem("missing_field", "no 'caption'")
+        elif image is None and not image_path:
+            problem = Problem("missing_field", "neither 'image' nor 'image_path'")
+    row_key = f"{shard}:{index}"
+    raw_id = record.get("id")
+    caption = record.get("caption")
+    return {
+        "row_key": row_key,
+        "id": str(raw_id) if raw_id not in (None, "") else row_key,
+        "shard": shard,
+        "row": index,
+        "image": bytes(image) if isinstance(image, (bytes, bytearray, memoryview)) else None,
+        "image_path": image_path if isinstance(image_path, str) else None,
+        "caption": caption if isinstance(caption, str) else (None if caption is None else str(caption)),
+        "meta": meta,
+        "problem_reason": problem.reason if problem else None,
+        "problem_detail": problem.detail if problem else None,
+    }
+
+
+def _rows_from_table_batches(batches: Iterator[pa.RecordBatch], shard: str) -> Iterator[dict[str, Any]]:
+    index = 0
+    for batch in batches:
+        for record in batch.to_pylist():
+            yield _row(shard, index, record)
+            index += 1
+
+
+def read_parquet_shard(file: IO[bytes], shard: str) -> Iterator[dict[str, Any]]:
+    yield from _rows_from_table_batches(pq.ParquetFile(file).iter_batches(batch_size=RECORD_BATCH_ROWS), shard)
+
+
+def read_arrow_stream_shard(file: IO[bytes], shard: str) -> Iterator[dict[str, Any]]:
+    """A `save_to_disk` data file (Arrow IPC stream format)."""
+    yield from _rows_from_table_batches(iter(pa.ipc.open_stream(file)), shard)
+
+
+def read_jsonl_shard(file: IO[bytes], shard: str) -> Iterator[dict[str, Any]]:
+    """One row per non-blank line; line numbers (1-based) are kept in the detail of a broken line."""
+    index = 0
+    for line_number, raw_line in enumerate(file, start=1):
+        if not raw_line.strip():
+            continue
+        try:
+            record = json.loads(raw_line.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            yield _row(shard, index, None, Problem("invalid_utf8", f"line {line_number}: {err}"))
+        except json.JSONDecodeError as err:
+            yield _row(shard, index, None, Problem("malformed_json", f"line {line_number}: {err.msg}"))
+        else:
+            if isinstance(record, dict):
+                yield _row(shard, index, record)
+            else:
+                yield _row(shard, index, None, Problem("malformed_json", f"line {line_number}: not an object"))
+        index += 1
+
+
+def _sample_record(key: str, members: dict[str, bytes]) -> tuple[dict[str, Any], Problem | None]:
+    record: dict[str, Any] = {}
+    meta = members.get("json")
+    if meta is not None:
+        try:
+            parsed = json.loads(meta.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            return record, Problem("malformed_json", f"sample {key}.json: {err}")
+        if isinstance(parsed, dict):
+            record["id"] = parsed.pop("id", None)
+            record["caption"] = parsed.pop("caption", None)
+            record["meta"] = parsed or None
+    record["id"] = record.get("id") or key
+    image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in members), None)
+    record["image"] = members[image_ext] if image_ext else None
+    caption_ext = next((ext for ext in CAPTION_EXTENSIONS if ext in members), None)
+    if caption_ext:
+        try:
+            record["caption"] = members[caption_ext].decode("utf-8")
+        except UnicodeDecodeError as err:
+            return record, Problem("caption_invalid_utf8", f"sample {key}.{caption_ext}: {err}")
+    return record, None
+
+
+def read_webdataset_shard(file: IO[bytes], shard: str) -> Iterator[dict[str, Any]]:
+    """WebDataset tar: consecutive members sharing a key ("dir/0001.jpg", "dir/0001.txt", "dir/0001.json") form
+    one sample. The sample key is its id unless its .json names one."""
+    index = 0
+    current_key, members = None, {}
+    with tarfile.open(fileobj=file, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            directory, _, base = member.name.rpartition("/")
+            stem, dot, ext = base.partition(".")
+            key = f"{directory}/{stem}" if directory else stem
+            if key != current_key and current_key is not None:
+                record, problem = _sample_record(current_key, members)
+                yield _row(shard, index, record, problem)
+                index += 1
+                members = {}
+            current_key = key
+            extracted = tar.extractfile(member)
+            members[ext.lower() if dot else ""] = extracted.read() if extracted else b""
+    if current_key is not None:
+        record, problem = _sample_record(current_key, members)
+        yield _row(shard, index, record, problem)
+
+
+SHARD_READERS = {
+    "parquet": read_parquet_shard,
+    "jsonl": read_jsonl_shard,
+    "webdataset": read_webdataset_shard,
+    "hf_disk": read_arrow_stream_shard,
+}
+
+
+def read_shard(data_format: str, file: IO[bytes], shard: str) -> Iterator[dict[str, Any]]:
+    """Rows of one shard. A shard that cannot be read at all yields one row saying so (it is still counted)."""
+    rows = SHARD_READERS[data_format](file, shard)
+    index = 0
+    try:
+        for row in rows:
+            index += 1
+            yield row
+    except (OSError, ValueError, tarfile.TarError, pa.ArrowException) as err:
+        yield _row(shard, index, None, Problem("unreadable_shard", f"{type(err).__name__} after {index} rows: {err}"))

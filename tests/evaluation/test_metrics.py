@@ -1,0 +1,300 @@
+"""Unit tests of engine.evaluation.metrics on hand-computed cases (the arithmetic is in the comments)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.evaluation.metrics import (
+    closed_hit,
+    normalize_answer,
+    open_recall,
+    parse_choice,
+    parse_labels,
+    per_image_f1,
+    per_image_recall,
+    rouge_l,
+)
+
+LETTER_OPTIONS = {"A": "pneumothorax", "B": "pleural effusion", "C": "cardiomegaly", "D": "atelectasis"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# normalize_answer
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # "-" sits inside a word -> becomes a space; "(" follows a space -> deleted; ")" touches no space -> space.
+        ("left-sided (mass)", "left sided mass"),
+        # No mark touches a space and there is no digit-comma-digit: "/" becomes a space.
+        ("cells/mm", "cells mm"),
+        # "1,000" is a digit-comma-digit, so EVERY mark is deleted, "/" included: "cellsmm".
+        ("1,000 cells/mm", "1000 cellsmm"),
+        # "," is followed by a space -> deleted (not spaced), "?" likewise.
+        ("yes, it is ?", "yes it is"),
+        # A period before a digit stays ("3.5"); others go ("cm." -> "cm", "e.g." -> "eg").
+        ("3.5 cm.", "3.5 cm"),
+        ("e.g. this", "eg this"),
+        # Lowercased first, then number words: two -> 2, none -> 0 ("," deleted since a space follows it).
+        ("Two lesions, none seen", "2 lesions 0 seen"),
+        ("ZERO or Ten", "0 or 10"),
+        # Articles a/an/the are dropped.
+        ("The heart is an organ with a wall", "heart is organ with wall"),
+        # Run-together contractions are expanded; "well" is an ordinary word and is left alone.
+        ("it doesnt show, well", "it doesn't show well"),
+        ("Dont know", "don't know"),
+        # Colons and apostrophes stay.
+        ("ratio 2:1 isn't", "ratio 2:1 isn't"),
+        # Runs of whitespace collapse to single spaces; "a" is an article.
+        ("  a   b \t c  ", "b c"),
+        ("", ""),
+        (None, ""),
+    ],
+)
+def test_normalize_answer(text, expected):
+    assert normalize_answer(text) == expected
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# open_recall
+
+
+def test_open_recall_counts_repeated_prediction_words():
+    # label {left:1, lung:1}, prediction {lung:2}: tp = prediction's count of "lung" = 2, fn = "left" = 1 -> 2/3.
+    assert open_recall("lung lung", "left lung") == pytest.approx(2 / 3)
+
+
+def test_open_recall_partial_answer():
+    # label {right, upper, lobe}, prediction "the lobe" -> {lobe}: tp = 1, fn = 2 -> 1/3.
+    assert open_recall("the lobe", "right upper lobe") == pytest.approx(1 / 3)
+
+
+def test_open_recall_ignores_extra_prediction_words():
+    # "there is mass in liver" vs {liver}: tp = 1, fn = 0 -> 1.0 (precision does not enter recall).
+    assert open_recall("There is a mass in the liver.", "liver") == 1.0
+
+
+def test_open_recall_matches_after_normalization():
+    # Both normalize to "left lung": tp = 2, fn = 0 -> 1.0.
+    assert open_recall("Left-lung.", "left lung") == 1.0
+
+
+def test_open_recall_nothing_shared_is_zero():
+    assert open_recall("kidney", "liver") == 0.0
+
+
+@pytest.mark.parametrize(("prediction", "label"), [("", "liver"), (None, "liver"), ("liver", ""), ("the", "liver")])
+def test_open_recall_empty_text_is_zero(prediction, label):
+    # "the" normalizes to nothing, so it counts as empty.
+    assert open_recall(prediction, label) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# closed_hit
+
+
+def test_closed_hit_yes():
+    # "Yes, it is." -> "yes it is": contains "yes" and the label "yes".
+    assert closed_hit("Yes, it is.", "Yes") is True
+
+
+def test_closed_hit_no_as_substring_of_know():
+    # "i know" contains "no" (inside "know"), and the label "no" is a substring too: a hit, as in the paper.
+    assert closed_hit("I know", "no") is True
+
+
+def test_closed_hit_wrong_answer():
+    # "yes" does not contain the label "no".
+    assert closed_hit("yes", "no") is False
+
+
+def test_closed_hit_needs_yes_or_no():
+    # The label is there, but neither "yes" nor "no" is.
+    assert closed_hit("left", "left") is False
+
+
+@pytest.mark.parametrize("prediction", ["", None])
+def test_closed_hit_empty_prediction_misses(prediction):
+    assert closed_hit(prediction, "yes") is False
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# parse_choice
+
+
+def test_parse_choice_bracketed_letter():
+    assert parse_choice("(B) is correct", LETTER_OPTIONS, 0) == ("B", False)
+
+
+def test_parse_choice_bare_letter_after_stripping_edge_punctuation():
+    # "The answer is C." -> strip -> " The answer is C " contains " C ".
+    assert parse_choice("The answer is C.", LETTER_OPTIONS, 0) == ("C", False)
+    # "'D'" -> strip both quotes -> " D ".
+    assert parse_choice("'D'", LETTER_OPTIONS, 0) == ("D", False)
+
+
+def test_parse_choice_bracket_form_wins_over_bare_letters():
+    # "(A)" is found, so the later bare " B " is never considered.
+    assert parse_choice("(A), although B is tempting", LETTER_OPTIONS, 0) == ("A", False)
+
+
+def test_parse_choice_latest_last_occurrence_wins():
+    # " (A) is wrong, (B) is right ": last "(A)" at 1, last "(B)" at 15 -> B.
+    assert parse_choice("(A) is wrong, (B) is right", LETTER_OPTIONS, 0) == ("B", False)
+    # " (B) or (A), I pick (B) ": last "(A)" at 8, last "(B)" at 20 -> B (its LAST occurrence counts, not its first).
+    assert parse_choice("(B) or (A), I pick (B)", LETTER_OPTIONS, 0) == ("B", False)
+    # Bare letters: " A or B " -> " A " at 0, " B " at 5 -> B.
+    assert parse_choice("A or B", LETTER_OPTIONS, 0) == ("B", False)
+
+
+def test_parse_choice_options_given_as_text():
+    # No letter form; padded response is long, "pleural effusion" is the only option text in it -> B.
+    assert parse_choice("It looks like a Pleural Effusion", LETTER_OPTIONS, 0) == ("B", False)
+    # Two option texts: "pleural effusion" last starts at 5, "pneumothorax" at 30 -> A.
+    assert parse_choice("not pleural effusion, rather pneumothorax", LETTER_OPTIONS, 0) == ("A", False)
+
+
+def test_parse_choice_letters_are_case_sensitive():
+    # " c " is not " C ", and no option text appears, so the parser falls back: Random(7).choice("ABCD") is "C".
+    assert parse_choice("the answer is c", LETTER_OPTIONS, 7) == ("C", True)
+
+
+def test_parse_choice_text_match_needs_more_than_five_characters():
+    options = {"A": "lung", "B": "rib"}
+    # " lung " is 6 characters > 5 -> the text rule applies -> A.
+    assert parse_choice("lung", options, 0) == ("A", False)
+    # " rib " is 5 characters, not > 5 -> no text rule -> fallback; Random(1).choice(["A", "B"]) is "A".
+    assert parse_choice("rib", options, 1) == ("A", True)
+
+
+def test_parse_choice_fallback_is_seeded_by_example_index():
+    # No form matches. random.Random(0).choice(["A","B","C","D"]) == "D", random.Random(1).choice(...) == "B".
+    assert parse_choice("I am not sure", LETTER_OPTIONS, 0) == ("D", True)
+    assert parse_choice("I am not sure", LETTER_OPTIONS, 1) == ("B", True)
+    # Same index, same guess.
+    assert parse_choice("something else entirely", LETTER_OPTIONS, 0) == ("D", True)
+
+
+@pytest.mark.parametrize("response", ["", None, "   ", "..."])
+def test_parse_choice_empty_response_falls_back(response):
+    # Random(3).choice(["A","B","C","D"]) == "B".
+    assert parse_choice(response, LETTER_OPTIONS, 3) == ("B", True)
+
+
+def test_parse_choice_numeric_choices_do_not_match_inside_longer_numbers():
+    options = {str(i): f"class {i}" for i in range(101)}
+    # " The answer is 12 " contains " 12 " but not " 1 " or " 2 " -> "12".
+    assert parse_choice("The answer is 12", options, 0) == ("12", False)
+
+
+def test_parse_choice_empty_option_text_is_never_matched():
+    # "" would be a substring of every response; only "effusion" can match by text -> B.
+    assert parse_choice("there is an effusion", {"A": "", "B": "effusion"}, 0) == ("B", False)
+
+
+def test_parse_choice_without_options_is_an_error():
+    with pytest.raises(ValueError):
+        parse_choice("A", {}, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# rouge_l (the package counts DISTINCT words)
+
+
+def test_rouge_l_identical_texts():
+    # P = R = 1 -> F = 2PR/(P+R+1e-8) = 2/(2+1e-8).
+    assert rouge_l("a bowl of soup", "a bowl of soup") == pytest.approx(1.0)
+
+
+def test_rouge_l_uses_distinct_words():
+    # hyp "the cat sat on the mat" has 5 distinct words {the, cat, sat, on, mat}; ref "the cat is on the mat" too.
+    # LCS = "the cat on the mat", distinct words {the, cat, on, mat} = 4 -> P = R = 4/5 -> F = 0.8.
+    assert rouge_l("the cat sat on the mat", "the cat is on the mat") == pytest.approx(0.8)
+
+
+def test_rouge_l_asymmetric_lengths():
+    # hyp "the cat" (2 words), ref "the cat sat down" (4): LCS 2 -> P = 1, R = 1/2 -> F = 2 * 0.5 / 1.5 = 2/3.
+    assert rouge_l("the cat", "the cat sat down") == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(("prediction", "label"), [("", "soup"), (None, "soup"), ("...", "soup"), ("soup", "")])
+def test_rouge_l_errors_score_zero(prediction, label):
+    # The package raises on an empty hypothesis or reference ("..." splits into no sentence).
+    assert rouge_l(prediction, label) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# parse_labels
+
+FRUIT_VOCABULARY = ["apple", "apple pie", "pie", "Banana Split", "banana"]
+
+
+def test_parse_labels_longest_name_first():
+    # "apple pie" (9 chars) is matched first and deleted, leaving no "apple" and no "pie" -> {1}.
+    assert parse_labels("apple pie", FRUIT_VOCABULARY) == {1}
+
+
+def test_parse_labels_records_remaining_shorter_names():
+    # "apple pie" -> id 1, deleted; " and an apple" still holds "apple" -> id 0; "pie" is gone -> {0, 1}.
+    assert parse_labels("apple pie and an apple", FRUIT_VOCABULARY) == {0, 1}
+
+
+def test_parse_labels_is_case_insensitive_on_both_sides():
+    # Text and the name "Banana Split" are both lowercased; "banana" is deleted with it -> {3}.
+    assert parse_labels("A BANANA SPLIT", FRUIT_VOCABULARY) == {3}
+
+
+def test_parse_labels_matches_substrings():
+    # Substring semantics: "pineapple" contains "apple" -> {0}.
+    assert parse_labels("pineapple", FRUIT_VOCABULARY) == {0}
+
+
+def test_parse_labels_shared_name_records_every_id():
+    assert parse_labels("deprecated", ["x", "deprecated", "y", "deprecated"]) == {1, 3}
+
+
+@pytest.mark.parametrize("text", ["", None, "nothing here"])
+def test_parse_labels_no_names(text):
+    assert parse_labels(text, FRUIT_VOCABULARY) == set()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# per_image_f1 / per_image_recall
+
+
+def test_per_image_f1():
+    # classes 1..5; pred {1,2,3}, label {2,3,4}: tp = 2 (2,3), fp = 1 (1), fn = 1 (4) -> 4 / (4+1+1) = 2/3.
+    assert per_image_f1({1, 2, 3}, {2, 3, 4}, range(1, 6)) == pytest.approx(2 / 3)
+
+
+def test_per_image_f1_ignores_ids_outside_the_classes():
+    # classes 1..3: predicted 0 and 9 are dropped -> pred {2}, label {2}: tp = 1 -> 2/2 = 1.0.
+    assert per_image_f1({0, 2, 9}, {2}, range(1, 4)) == 1.0
+
+
+def test_per_image_f1_zero_denominator_is_one():
+    # Nothing predicted, nothing labelled: 2tp+fp+fn = 0 -> 1.0.
+    assert per_image_f1(set(), set(), range(1, 4)) == 1.0
+    # Only out-of-class ids on both sides count as nothing too.
+    assert per_image_f1({0}, {0}, range(1, 4)) == 1.0
+
+
+def test_per_image_f1_empty_prediction():
+    # pred {}, label {1}: tp = 0, fn = 1 -> 0 / 1 = 0.
+    assert per_image_f1(set(), {1}, range(1, 4)) == 0.0
+
+
+def test_per_image_recall():
+    # label {1,2}, pred {1,3}: tp = 1, fn = 1 -> 1/2 (the false positive 3 does not matter).
+    assert per_image_recall({1, 3}, {1, 2}, range(0, 5)) == 0.5
+
+
+def test_per_image_recall_zero_denominator_is_one():
+    # Empty label: tp + fn = 0 -> 1.0, whatever was predicted.
+    assert per_image_recall({1}, set(), range(0, 5)) == 1.0
+
+
+def test_per_image_recall_empty_prediction():
+    # label {4}: tp = 0, fn = 1 -> 0.
+    assert per_image_recall(set(), {4}, range(0, 5)) == 0.0

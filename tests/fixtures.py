@@ -1,0 +1,69 @@
+"""Small data sets built in a test's tmp dir: valid pairs and every kind of broken input the engine must survive."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from PIL import Image
+
+
+def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: int = 64) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(color: tuple[int, int, int] = (30, 30, 200), size: int = 64) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+# reason each broken record of write_corrupt_jsonl_dataset must be quarantined with, by id (None: the record is fine)
+CORRUPT_EXPECTATIONS = {
+    "good-1": None,
+    "good-2": None,
+    "truncated-jpeg": "corrupt_image",
+    "zero-bytes": "empty_image",
+    "text-as-jpg": "not_an_image",
+    "missing-file": "missing_image",
+    "path-escape": "path_escape",
+    "empty-caption": "empty_caption",
+    "no-caption": "missing_field",
+    "good-1-again": None,
+}
+
+
+def write_corrupt_jsonl_dataset(root: Path) -> Path:
+    """A JSONL + image folder data set mixing good records with each broken kind; returns the JSONL path.
+
+    Besides the records named in CORRUPT_EXPECTATIONS it holds one line that is not JSON (line 10) and one line that is
+    a JSON list, not an object (line 11); the last good record repeats id "good-1" (a duplicate)."""
+    images = root / "images"
+    images.mkdir(parents=True)
+    (images / "good1.png").write_bytes(png_bytes())
+    (images / "good2.jpg").write_bytes(jpeg_bytes())
+    (images / "truncated.jpg").write_bytes(jpeg_bytes(size=256)[:300])
+    (images / "zero.png").write_bytes(b"")
+    (images / "text.jpg").write_text("this is not an image\n")
+    (root.parent / "outside.png").write_bytes(png_bytes())
+    records = [
+        {"id": "good-1", "image_path": "images/good1.png", "caption": "A red square."},
+        {"id": "good-2", "image_path": "images/good2.jpg", "caption": "A blue square."},
+        {"id": "truncated-jpeg", "image_path": "images/truncated.jpg", "caption": "Cut short."},
+        {"id": "zero-bytes", "image_path": "images/zero.png", "caption": "Nothing here."},
+        {"id": "text-as-jpg", "image_path": "images/text.jpg", "caption": "Text in disguise."},
+        {"id": "missing-file", "image_path": "images/absent.png", "caption": "Gone."},
+        {"id": "path-escape", "image_path": "../outside.png", "caption": "Escaped."},
+        {"id": "empty-caption", "image_path": "images/good1.png", "caption": "   "},
+        {"id": "no-caption", "image_path": "images/good1.png"},
+    ]
+    lines = [json.dumps(record) for record in records]
+    lines.append('{"id": "broken", "caption": ')  # line 10: not JSON
+    lines.append('["a", "list"]')  # line 11: JSON, not an object
+    lines.append(json.dumps({"id": "good-1", "image_path": "images/good2.jpg", "caption": "Same id again."}))
+    path = root / "captions.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
