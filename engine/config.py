@@ -126,10 +126,10 @@ class EngineConfig(Section):
         "node and start-up fails on small machines.",
     )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM on CUDA: share of GPU memory to use.")
-    cpu_threads_bind: list[str] | None = Field(
+    cpu_threads_bind: str | None = Field(
         None,
-        description="vLLM CPU build: one core list per actor (e.g. ['0'] or ['0', '1']) so two engines do not share "
-        "a core.",
+        description="vLLM CPU build: cores for this pool's engines (VLLM_CPU_OMP_THREADS_BIND, e.g. '0' or '0-3'), so "
+        "the synthesizer and the judge do not share a core.",
     )
 
     @model_validator(mode="after")
@@ -145,10 +145,8 @@ class EngineConfig(Section):
                 raise FieldProblem("num_gpus", "backend 'openai' calls a server; its actors need num_gpus: 0")
         elif self.base_url:
             raise FieldProblem("base_url", f"is only used by backend 'openai' (backend is {self.backend!r})")
-        if self.cpu_threads_bind is not None and len(self.cpu_threads_bind) != self.concurrency:
-            raise FieldProblem(
-                "cpu_threads_bind", f"has {len(self.cpu_threads_bind)} entries but concurrency is {self.concurrency}"
-            )
+        if self.cpu_threads_bind is not None and self.device != "cpu":
+            raise FieldProblem("cpu_threads_bind", "only applies to device 'cpu'")
         if self.backend == "vllm" and self.device == "cpu" and self.kv_cache_gib is None:
             raise FieldProblem("kv_cache_gib", "vLLM on CPU needs it (its default reservation fails on small machines)")
         _require_local_path_exists(self.model, "model")

@@ -47,3 +47,19 @@ def write_config(workdir: Path, tree: dict, name: str = "run.yaml") -> Path:
     return path
 
 
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole session (start-up costs seconds), with its own session dir and 4 logical CPUs on
+    2 cores so actor pools do not starve read tasks. Stopped by this process only: never `ray stop`."""
+    import shutil
+    import tempfile
+
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
+    ray.init(num_cpus=4, _temp_dir=temp_dir, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)

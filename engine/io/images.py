@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 
+EXIF_ORIENTATION = 0x0112
+
+
 @dataclass(frozen=True)
 class Problem:
     """Why a row cannot be used. `reason` is a short stable key (counted in manifests); `detail` is for people."""
@@ -29,7 +32,13 @@ class ImageLimits:
     max_pixels: int = 89_478_485
 
 
-def decode_image(data: bytes | None, limits: ImageLimits) -> Image.Image | Problem:
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # RGB, upright
+    rewritten: bool  # True when EXIF rotation or a colour conversion changed it: the original bytes no longer match
+
+
+def decode_image(data: bytes | None, limits: ImageLimits) -> DecodedImage | Problem:
     """Bytes -> an RGB image upright per its EXIF orientation, or the Problem that stops it."""
     if not data:
         return Problem("empty_image", "zero bytes")
@@ -49,15 +58,16 @@ def decode_image(data: bytes | None, limits: ImageLimits) -> Image.Image | Probl
     except (OSError, SyntaxError, ValueError) as err:
         # Pillow reports truncated or corrupt data as OSError ("image file is truncated") or SyntaxError.
         return Problem("corrupt_image", str(err))
-    image = ImageOps.exif_transpose(image)
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    rotated = image.getexif().get(EXIF_ORIENTATION, 1) != 1
+    upright = ImageOps.exif_transpose(image) if rotated else image
+    rewritten = rotated or upright.mode != "RGB"
+    image = upright.convert("RGB") if upright.mode != "RGB" else upright
     shorter, longer = min(image.size), max(image.size)
     if shorter < limits.min_side:
         return Problem("image_too_small", f"{image.size[0]}x{image.size[1]}, shorter side under {limits.min_side}")
     if longer > limits.max_side:
         return Problem("image_too_large", f"{image.size[0]}x{image.size[1]}, longer side over {limits.max_side}")
-    return image
+    return DecodedImage(image, rewritten)
 
 
 def encode_png(image: Image.Image) -> bytes:

@@ -33,9 +33,21 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 CAPTION_EXTENSIONS = ("txt", "caption", "text")
 RECORD_BATCH_ROWS = 256
 
-# Columns of a raw caption row, as the format decoders emit it.
-RAW_FIELDS = ("row_key", "id", "shard", "row", "image", "image_path", "caption", "meta",
-              "problem_reason", "problem_detail")
+# A raw caption row, as the format decoders emit it.
+RAW_SCHEMA = pa.schema(
+    [
+        pa.field("row_key", pa.string()),
+        pa.field("id", pa.string()),
+        pa.field("shard", pa.string()),
+        pa.field("row", pa.int64()),
+        pa.field("image", pa.binary()),
+        pa.field("image_path", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("meta", pa.string()),
+        pa.field("problem_reason", pa.string()),
+        pa.field("problem_detail", pa.string()),
+    ]
+)
 
 
 def dataset_root(path: str) -> str:

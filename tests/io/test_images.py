@@ -45,16 +45,21 @@ def test_pixel_bound_is_checked_before_decoding():
 
 def test_palette_and_alpha_images_become_rgb():
     for mode in ("P", "RGBA", "L", "CMYK"):
-        image = decode_image(encoded(Image.new(mode, (40, 40)), "JPEG" if mode == "CMYK" else "PNG"), LIMITS)
-        assert isinstance(image, Image.Image) and image.mode == "RGB"
+        decoded = decode_image(encoded(Image.new(mode, (40, 40)), "JPEG" if mode == "CMYK" else "PNG"), LIMITS)
+        assert decoded.image.mode == "RGB" and decoded.rewritten
 
 
 def test_exif_orientation_is_applied():
     wide = Image.new("RGB", (80, 40), (10, 200, 10))
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
-    image = decode_image(encoded(wide, "JPEG", exif=exif.tobytes()), LIMITS)
-    assert isinstance(image, Image.Image) and image.size == (40, 80)
+    decoded = decode_image(encoded(wide, "JPEG", exif=exif.tobytes()), LIMITS)
+    assert decoded.image.size == (40, 80) and decoded.rewritten
+
+
+def test_plain_rgb_image_is_not_rewritten():
+    decoded = decode_image(png_bytes(), LIMITS)
+    assert decoded.image.size == (64, 64) and not decoded.rewritten
 
 
 @pytest.mark.parametrize(

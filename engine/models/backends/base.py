@@ -1,0 +1,111 @@
+"""The one interface every inference backend speaks: a batch of requests in, one result per request out.
+
+A request carries a prompt that is already rendered in the model family's format (``engine.models.families``), with the
+family's image tokens where its images go. Backends do not template anything: they tokenize the prompt the way the
+model's tokenizer does by default (a Llama-3 tokenizer prepends ``<|begin_of_text|>``, a Qwen2 tokenizer adds nothing),
+which is also what vLLM and transformers do with a raw prompt.
+
+A request that fails (a corrupt image, a prompt longer than the context, a server error) becomes a result with
+``error`` set; ``generate`` raises only for programming errors in the caller, never because of one bad row, so an actor
+pool keeps streaming.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt to complete.
+
+    ``stop`` strings end the output and are not part of it (vLLM's convention). ``keep_special_tokens`` keeps tokens
+    such as ``<|eot_id|>`` in the text, which the synthesizer needs to split the turns it writes.
+    """
+
+    prompt: str
+    images: Sequence[Image.Image] = field(default_factory=list)
+    max_tokens: int = 512
+    temperature: float = 0.0
+    stop: Sequence[str] | None = None
+    keep_special_tokens: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """The completion of one request, or why there is none (``text`` is None exactly when ``error`` is set)."""
+
+    text: str | None = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def failure(cls, error: str | BaseException) -> GenerationResult:
+        return cls(error=describe_error(error) if isinstance(error, BaseException) else error)
+
+
+class Backend(ABC):
+    """An inference engine holding one model. Not thread-safe: one actor holds one backend."""
+
+    @property
+    @abstractmethod
+    def model_id(self) -> str:
+        """The model this backend answers with, as recorded in lineage columns."""
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Complete every request; results come in the order of ``requests``. A failed request is recorded, not raised."""
+
+    def close(self) -> None:
+        """Release the model (memory, server connections). The backend is unusable afterwards."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def describe_error(error: BaseException) -> str:
+    """A one-line reason for a result row: the exception type tells a corrupt image from a context overflow."""
+    message = " ".join(str(error).split())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+BatchRunner = Callable[[Sequence[GenerationRequest]], list[GenerationResult]]
+
+
+def run_isolating_failures(requests: Sequence[GenerationRequest], run_batch: BatchRunner) -> list[GenerationResult]:
+    """Run the batch in one call; if that call raises, run each request on its own so only the bad one fails.
+
+    Engines process a batch as a whole, so one request they cannot take (an undecodable image, too many image tokens)
+    raises for all of them. Retrying one by one costs a slower batch only when something in it is broken.
+    """
+    if not requests:
+        return []
+    try:
+        return run_batch(requests)
+    except Exception as error:  # noqa: BLE001 - any engine error is a per-request outcome here
+        if len(requests) == 1:
+            return [GenerationResult.failure(error)]
+        logger.warning("batch of %d failed (%s); retrying one request at a time", len(requests), describe_error(error))
+    results = []
+    for request in requests:
+        try:
+            (result,) = run_batch([request])
+        except Exception as error:  # noqa: BLE001
+            result = GenerationResult.failure(error)
+        results.append(result)
+    return results

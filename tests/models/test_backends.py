@@ -1,0 +1,379 @@
+"""The inference backends against the tiny random-weight models (transformers, vLLM's CPU build) and a stub HTTP server.
+
+A random model's text means nothing, so the tests check what must hold whatever the weights: batching does not change
+greedy outputs, a bad request fails alone, stop strings cut where they should, and vLLM and transformers agree.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import os
+import socket
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.config import EngineConfig
+from engine.models.backends import GenerationRequest, GenerationResult, create_backend
+from engine.models.backends.openai_backend import OpenAIBackend
+from engine.models.families import render
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MAX_TOKENS = 16
+QUESTIONS = ("What colour is the shape?", "Describe the image.", "Is there a circle in the picture?")
+# Different sizes give different numbers of image tokens, so the batch needs padding.
+IMAGE_SIZES = ((112, 112), (140, 84), (56, 56))
+AGREEMENT_TOKENS = 5
+
+
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny models, built once per session by the same tool the demo uses."""
+    out = tmp_path_factory.mktemp("tiny-models")
+    _load_tool("make_tiny_models").build_all(out)
+    return out
+
+
+def engine_config(model: Path | str, family: str, backend: str, **fields) -> EngineConfig:
+    return EngineConfig(model=str(model), family=family, backend=backend, device="cpu", dtype="float32", **fields)
+
+
+def vlm_prompt(question: str) -> str:
+    return render("qwen2-vl", [{"role": "user", "content": f"<image>\n{question}"}], add_generation_prompt=True)
+
+
+def noise_image(size: tuple[int, int], seed: int) -> Image.Image:
+    width, height = size
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def image_requests(**overrides) -> list[GenerationRequest]:
+    return [
+        GenerationRequest(
+            prompt=vlm_prompt(question),
+            images=[noise_image(size, seed)],
+            max_tokens=MAX_TOKENS,
+            keep_special_tokens=True,
+            **overrides,
+        )
+        for seed, (question, size) in enumerate(zip(QUESTIONS, IMAGE_SIZES, strict=True))
+    ]
+
+
+def truncated_jpeg() -> Image.Image:
+    """An image whose header decodes and whose pixels do not: it fails inside the engine, not when opened."""
+    buffer = io.BytesIO()
+    noise_image((128, 128), 7).save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    return Image.open(io.BytesIO(data[: len(data) // 2]))
+
+
+def assert_all_ok(results: list[GenerationResult], count: int) -> None:
+    assert len(results) == count
+    for result in results:
+        assert result.error is None, result.error
+        assert isinstance(result.text, str)
+        assert result.prompt_tokens > 0
+        assert 0 < result.output_tokens <= MAX_TOKENS
+
+
+# transformers
+
+
+@pytest.fixture(scope="module")
+def hf_vlm(tiny_model_dir):
+    with create_backend(engine_config(tiny_model_dir / "tiny-qwen2-vl", "qwen2-vl", "transformers")) as backend:
+        yield backend
+
+
+@pytest.fixture(scope="module")
+def hf_text(tiny_model_dir):
+    with create_backend(engine_config(tiny_model_dir / "tiny-text-llm", "text", "transformers")) as backend:
+        yield backend
+
+
+@pytest.fixture(scope="module")
+def hf_image_results(hf_vlm) -> list[GenerationResult]:
+    return hf_vlm.generate(image_requests())
+
+
+def test_transformers_generates_for_an_image_batch(hf_vlm, hf_image_results):
+    assert_all_ok(hf_image_results, 3)
+    # A 112 px image is 16 image tokens; the smaller ones fewer: the processor expanded each image.
+    assert hf_image_results[0].prompt_tokens > hf_image_results[2].prompt_tokens
+    # Left padding: each row of the batch continues exactly as it does alone.
+    alone = [hf_vlm.generate([request])[0] for request in image_requests()]
+    assert [result.text for result in alone] == [result.text for result in hf_image_results]
+    assert [result.prompt_tokens for result in alone] == [result.prompt_tokens for result in hf_image_results]
+
+
+def test_transformers_bad_image_fails_alone(hf_vlm, hf_image_results):
+    requests = image_requests()
+    requests[1] = GenerationRequest(requests[1].prompt, [truncated_jpeg()], MAX_TOKENS, keep_special_tokens=True)
+    results = hf_vlm.generate(requests)
+    assert results[1].text is None
+    assert "truncated" in results[1].error
+    assert [results[0].text, results[2].text] == [hf_image_results[0].text, hf_image_results[2].text]
+
+
+def test_transformers_text_llm_batch_stop_and_sampling(hf_text):
+    prompts = ["Describe the image.", "Question: What colour is the circle? Answer:", "A plate of"]
+    results = hf_text.generate([GenerationRequest(prompt, max_tokens=MAX_TOKENS) for prompt in prompts])
+    assert_all_ok(results, 3)
+    # A stop string taken from the greedy output itself must cut the text right before its first occurrence.
+    text = results[0].text
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    (stopped,) = hf_text.generate([GenerationRequest(prompts[0], max_tokens=MAX_TOKENS, stop=[stop])])
+    assert stopped.text == text[: text.index(stop)]
+    assert stopped.output_tokens < results[0].output_tokens
+    (sampled,) = hf_text.generate([GenerationRequest(prompts[0], max_tokens=MAX_TOKENS, temperature=1.0)])
+    assert sampled.error is None
+
+
+def test_transformers_text_model_refuses_images(hf_text):
+    results = hf_text.generate([GenerationRequest("Describe the image.", [noise_image((56, 56), 0)]), GenerationRequest("A")])
+    assert "text-only model" in results[0].error
+    assert results[1].error is None
+
+
+# vLLM (CPU build)
+
+
+@pytest.fixture(scope="module")
+def vllm_vlm(tiny_model_dir):
+    """One in-process vLLM engine for the module: a 2-core machine must never run two at once."""
+    pytest.importorskip("vllm")
+    saved_environ = dict(os.environ)
+    # Read when the engine starts: keep it in this process (the CPU build's fast path) instead of a worker process.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    config = engine_config(tiny_model_dir / "tiny-qwen2-vl", "qwen2-vl", "vllm", kv_cache_gib=0.0625, max_model_len=512)
+    try:
+        with create_backend(config) as backend:
+            yield backend
+    finally:
+        # vLLM also writes process-wide variables of its own; later tests should not inherit them.
+        os.environ.clear()
+        os.environ.update(saved_environ)
+
+
+def leading_tokens(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"][:AGREEMENT_TOKENS]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_vllm_agrees_with_transformers(vllm_vlm, hf_vlm, hf_image_results, record_property):
+    text_only = GenerationRequest("Describe the image.", max_tokens=MAX_TOKENS, keep_special_tokens=True)
+    vllm_results = vllm_vlm.generate([*image_requests(), text_only])
+    hf_results = [*hf_image_results, hf_vlm.generate([text_only])[0]]
+    assert_all_ok(vllm_results, 4)
+    tokenizer = hf_vlm._tokenizer
+    identical = sum(v.text == h.text for v, h in zip(vllm_results, hf_results, strict=True))
+    leading = sum(
+        leading_tokens(tokenizer, v.text) == leading_tokens(tokenizer, h.text)
+        for v, h in zip(vllm_results, hf_results, strict=True)
+    )
+    record_property("vllm_transformers_identical_texts", f"{identical}/4")
+    record_property(f"vllm_transformers_first_{AGREEMENT_TOKENS}_tokens", f"{leading}/4")
+    print(f"vLLM vs transformers (greedy, fp32): {identical}/4 identical texts, {leading}/4 agree on the first "
+          f"{AGREEMENT_TOKENS} tokens")
+    assert leading >= 3
+    assert [v.prompt_tokens for v in vllm_results] == [h.prompt_tokens for h in hf_results]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_vllm_bad_image_fails_alone(vllm_vlm):
+    clean = vllm_vlm.generate(image_requests())
+    requests = image_requests()
+    requests[1] = GenerationRequest(requests[1].prompt, [truncated_jpeg()], MAX_TOKENS, keep_special_tokens=True)
+    results = vllm_vlm.generate(requests)
+    assert results[1].text is None
+    assert "truncated" in results[1].error
+    assert [results[0].text, results[2].text] == [clean[0].text, clean[2].text]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_vllm_stop_string(vllm_vlm):
+    (free,) = vllm_vlm.generate([GenerationRequest("A plate of", max_tokens=MAX_TOKENS)])
+    stop = free.text[len(free.text) // 2 : len(free.text) // 2 + 2]
+    (stopped,) = vllm_vlm.generate([GenerationRequest("A plate of", max_tokens=MAX_TOKENS, stop=[stop])])
+    assert stopped.text == free.text[: free.text.index(stop)]
+
+
+# OpenAI-compatible HTTP
+
+
+class StubServer(ThreadingHTTPServer):
+    """Speaks just enough of the OpenAI API: records each request, answers from a script, then with a completion."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), StubHandler)
+        self.received: list[dict] = []
+        self.script: list[tuple[int, dict]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def reply(self, path: str, body: dict) -> tuple[int, dict]:
+        if self.script:
+            return self.script.pop(0)
+        usage = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+        if path.endswith("/chat/completions"):
+            choice = {"index": 0, "message": {"role": "assistant", "content": "a red square"}, "finish_reason": "stop"}
+        else:
+            choice = {"index": 0, "text": f"echo {len(body['prompt'])}", "finish_reason": "length"}
+        return 200, {"id": "cmpl-1", "object": "text_completion", "choices": [choice], "usage": usage}
+
+
+class StubHandler(BaseHTTPRequestHandler):
+    server: StubServer
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.received.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        status, reply = self.server.reply(self.path, body)
+        data = json.dumps(reply).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def stub_server(monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    server = StubServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def http_backend(base_url: str, family: str = "qwen2-vl") -> OpenAIBackend:
+    config = EngineConfig(model="tiny-served", family=family, backend="openai", base_url=base_url, api_key_env="STUB_KEY")
+    return OpenAIBackend(config, max_attempts=3, backoff_seconds=0.01, read_timeout=10)
+
+
+def test_openai_completions_request(stub_server, monkeypatch):
+    monkeypatch.setenv("STUB_KEY", "secret")
+    prompt = render("qwen2-vl", [{"role": "user", "content": "Hi"}], open_user_turn=True)
+    # The OpenAI clients' base URL ends in /v1; the bare server address works too (see test_openai_image_request).
+    with http_backend(stub_server.url + "/v1/") as backend:
+        (result,) = backend.generate(
+            [GenerationRequest(prompt, max_tokens=7, temperature=0.0, stop=["<|endoftext|>"], keep_special_tokens=True)]
+        )
+    assert result == GenerationResult(text=f"echo {len(prompt)}", prompt_tokens=11, output_tokens=3)
+    (sent,) = stub_server.received
+    assert sent["path"] == "/v1/completions"
+    assert sent["headers"]["Authorization"] == "Bearer secret"
+    assert sent["body"] == {
+        "model": "tiny-served",
+        "prompt": prompt,  # verbatim, open user turn included
+        "max_tokens": 7,
+        "temperature": 0.0,
+        "stop": ["<|endoftext|>"],
+        "skip_special_tokens": False,
+    }
+
+
+def test_openai_image_request_goes_to_chat_route(stub_server):
+    image = noise_image((64, 48), 1)
+    prompt = vlm_prompt("What colour is it?")
+    with http_backend(stub_server.url) as backend:
+        (result,) = backend.generate([GenerationRequest(prompt, [image], max_tokens=5)])
+    assert result == GenerationResult(text="a red square", prompt_tokens=11, output_tokens=3)
+    (sent,) = stub_server.received
+    assert sent["path"] == "/v1/chat/completions"
+    assert "Authorization" not in sent["headers"]  # STUB_KEY is not set
+    assert "skip_special_tokens" not in sent["body"]  # standard fields only unless special tokens must be kept
+    system, user = sent["body"]["messages"]
+    assert system == {"role": "system", "content": "You are a helpful assistant."}
+    image_part, text_part = user["content"]
+    assert text_part == {"type": "text", "text": "\nWhat colour is it?"}
+    url = image_part["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,")
+    decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert decoded.size == (64, 48)
+
+
+def test_openai_refuses_what_http_cannot_express(stub_server):
+    image = noise_image((56, 56), 2)
+    caption_chat = [{"role": "user", "content": "<image>\nDescribe the image."}, {"role": "assistant", "content": "A cat."}]
+    requests = [
+        # The synthesizer's prompt: an open user turn after an image.
+        GenerationRequest(render("qwen2-vl", caption_chat, open_user_turn=True), [image]),
+        GenerationRequest(vlm_prompt("Two images?"), [image, image]),
+        GenerationRequest(vlm_prompt("Fine."), [image]),
+    ]
+    with http_backend(stub_server.url) as backend:
+        results = backend.generate(requests)
+    assert "open user turn" in results[0].error and "vllm or transformers backend" in results[0].error
+    assert "1 image tokens but the request has 2 images" in results[1].error
+    assert results[2].text == "a red square"
+    assert len(stub_server.received) == 1  # refused requests never reach the server
+
+
+def test_openai_retries_server_errors_then_succeeds(stub_server):
+    stub_server.script = [(500, {"error": {"message": "engine busy"}}), (503, {"object": "error", "message": "later"})]
+    with http_backend(stub_server.url) as backend:
+        (result,) = backend.generate([GenerationRequest("A plate of", max_tokens=3)])
+    assert result.error is None and result.text == "echo 10"
+    assert len(stub_server.received) == 3
+
+
+def test_openai_gives_up_and_reports_why(stub_server):
+    stub_server.script = [(500, {"error": {"message": "engine dead"}})] * 3 + [(400, {"error": {"message": "too long"}})]
+    with http_backend(stub_server.url) as backend:
+        exhausted, rejected = (backend.generate([GenerationRequest("x")])[0] for _ in range(2))
+    assert exhausted.text is None
+    assert "after 3 attempts" in exhausted.error and "HTTP 500" in exhausted.error and "engine dead" in exhausted.error
+    # A client error is not retried.
+    assert "HTTP 400" in rejected.error and "too long" in rejected.error
+    assert len(stub_server.received) == 4
+
+
+def test_openai_connection_refused_is_an_error_result():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Nothing listens on the port any more.
+    with http_backend(f"http://127.0.0.1:{port}") as backend:
+        results = backend.generate([GenerationRequest("x"), GenerationRequest("y")])
+    for result in results:
+        assert result.text is None
+        assert "ConnectionError" in result.error and "after 3 attempts" in result.error
+
+
+def test_create_backend_picks_the_configured_backend(stub_server):
+    config = EngineConfig(model="m", family="text", backend="openai", base_url=stub_server.url)
+    with create_backend(config) as backend:
+        assert isinstance(backend, OpenAIBackend)
+        assert backend.model_id == "m"

@@ -1,0 +1,89 @@
+"""The synthesis stage on a local Ray: accounting balances, bad rows are quarantined with reasons, outputs load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+
+from engine.config import RunConfig
+from engine.synthesis.pipeline import SynthesisStage
+from tests.fixtures import CORRUPT_EXPECTATIONS, write_corrupt_jsonl_dataset
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def rule_based_config(data_path: Path, output_dir: Path, data_format: str = "jsonl") -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "output_dir": str(output_dir),
+            "data": {"path": str(data_path), "format": data_format},
+            "synthesis": {"synthesizer": "rule_based"},
+            "filter": {"judge": "lexical"},
+        }
+    )
+
+
+def read_set(output_dir: Path, name: str) -> list[dict]:
+    return pq.read_table(output_dir / "synthesis" / name).to_pylist()
+
+
+def test_corrupt_inputs_are_quarantined_and_accounting_balances(ray_cluster, tmp_path):
+    jsonl = write_corrupt_jsonl_dataset(tmp_path / "set")
+    manifest = SynthesisStage(rule_based_config(jsonl.parent, tmp_path / "run")).run()
+
+    assert manifest["rows_in"] == 12  # every line, the malformed ones included
+    assert manifest["rows_in"] == (
+        manifest["rows_out"] + sum(manifest["rows_dropped"].values()) + sum(manifest["rows_quarantined"].values())
+    )
+    quarantine = read_set(tmp_path / "run", "quarantine")
+    reasons = {row["id"]: row["reason"] for row in quarantine}
+    for record_id, reason in CORRUPT_EXPECTATIONS.items():
+        if reason is not None:
+            assert reasons[record_id] == reason, record_id
+    by_key = {row["row_key"]: row for row in quarantine}
+    assert by_key["captions.jsonl:9"]["reason"] == "malformed_json"
+    assert by_key["captions.jsonl:9"]["detail"].startswith("line 10:")
+    assert by_key["captions.jsonl:10"]["detail"] == "line 11: not an object"
+    duplicate = by_key["captions.jsonl:11"]
+    assert duplicate["reason"] == "duplicate_id" and duplicate["id"] == "good-1"
+
+    examples = read_set(tmp_path / "run", "instructions")
+    assert sorted(row["id"] for row in examples) == ["good-1", "good-2"]
+    assert manifest["rows_out"] == 2
+    for example in examples:
+        assert example["messages"][0]["content"].startswith("<image>") and len(example["images"]) == 1
+
+
+def test_outputs_load_with_datasets(ray_cluster, tmp_path):
+    jsonl = write_corrupt_jsonl_dataset(tmp_path / "set")
+    SynthesisStage(rule_based_config(jsonl.parent, tmp_path / "run")).run()
+    out = tmp_path / "run" / "synthesis"
+    loaded = datasets.load_dataset("parquet", data_files=str(out / "instructions" / "*.parquet"), split="train")
+    assert len(loaded) == 2 and set(loaded.column_names) >= {"id", "images", "messages", "kind"}
+    tasks = datasets.load_dataset("parquet", data_files=str(out / "tasks" / "*.parquet"), split="train")
+    assert set(tasks["source_id"]) <= {"good-1", "good-2"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tasks_synthesized"] == len(tasks)
+    assert manifest["tasks_kept"] == sum(tasks["kept"])
+
+
+def test_rerun_of_a_complete_run_is_skipped(ray_cluster, tmp_path):
+    jsonl = write_corrupt_jsonl_dataset(tmp_path / "set")
+    config = rule_based_config(jsonl.parent, tmp_path / "run")
+    first = SynthesisStage(config).run()
+    second = SynthesisStage(config).run()
+    assert second == json.loads((tmp_path / "run" / "synthesis" / "manifest.json").read_text())
+    assert second["timings_s"] == first["timings_s"]
+
+
+def test_a_changed_config_does_not_resume_anothers_rows(ray_cluster, tmp_path):
+    jsonl = write_corrupt_jsonl_dataset(tmp_path / "set")
+    SynthesisStage(rule_based_config(jsonl.parent, tmp_path / "run")).run()
+    (tmp_path / "run" / "synthesis" / "manifest.json").unlink()  # as if the run had died before finishing
+    changed = rule_based_config(jsonl.parent, tmp_path / "run").model_copy(update={"seed": 7})
+    with pytest.raises(RuntimeError, match="another config"):
+        SynthesisStage(changed).run()
