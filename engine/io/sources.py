@@ -149,10 +149,21 @@ def read_arrow_stream_shard(file: IO[bytes], shard: str) -> Iterator[dict[str, A
     yield from _rows_from_table_batches(iter(pa.ipc.open_stream(file)), shard)
 
 
+def _lines(file: IO[bytes], chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+    """Lines of a binary stream. Written out because pyarrow's stream files (what Ray hands a datasource) have no
+    readline."""
+    pending = b""
+    while chunk := file.read(chunk_bytes):
+        *complete, pending = (pending + chunk).split(b"\n")
+        yield from complete
+    if pending:
+        yield pending
+
+
 def read_jsonl_shard(file: IO[bytes], shard: str) -> Iterator[dict[str, Any]]:
     """One row per non-blank line; line numbers (1-based) are kept in the detail of a broken line."""
     index = 0
-    for line_number, raw_line in enumerate(file, start=1):
+    for line_number, raw_line in enumerate(_lines(file), start=1):
         if not raw_line.strip():
             continue
         try:

@@ -25,6 +25,7 @@ from engine.config import EngineConfig
 from engine.models.backends import GenerationRequest, GenerationResult, create_backend
 from engine.models.backends.openai_backend import OpenAIBackend
 from engine.models.families import render
+from engine.models.loading import load_processor
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAX_TOKENS = 16
@@ -148,7 +149,8 @@ def test_transformers_text_llm_batch_stop_and_sampling(hf_text):
 
 
 def test_transformers_text_model_refuses_images(hf_text):
-    results = hf_text.generate([GenerationRequest("Describe the image.", [noise_image((56, 56), 0)]), GenerationRequest("A")])
+    with_image = GenerationRequest("Describe the image.", [noise_image((56, 56), 0)], max_tokens=MAX_TOKENS)
+    results = hf_text.generate([with_image, GenerationRequest("A", max_tokens=MAX_TOKENS)])
     assert "text-only model" in results[0].error
     assert results[1].error is None
 
@@ -159,12 +161,14 @@ def test_transformers_text_model_refuses_images(hf_text):
 @pytest.fixture(scope="module")
 def vllm_vlm(tiny_model_dir):
     """One in-process vLLM engine for the module: a 2-core machine must never run two at once."""
-    pytest.importorskip("vllm")
     saved_environ = dict(os.environ)
-    # Read when the engine starts: keep it in this process (the CPU build's fast path) instead of a worker process.
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    config = engine_config(tiny_model_dir / "tiny-qwen2-vl", "qwen2-vl", "vllm", kv_cache_gib=0.0625, max_model_len=512)
     try:
+        # Set before vLLM is imported: run the engine in this process (the CPU build's fast start), not in a worker.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        pytest.importorskip("vllm")
+        config = engine_config(
+            tiny_model_dir / "tiny-qwen2-vl", "qwen2-vl", "vllm", kv_cache_gib=0.0625, max_model_len=512
+        )
         with create_backend(config) as backend:
             yield backend
     finally:
@@ -179,12 +183,12 @@ def leading_tokens(tokenizer, text: str) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_vllm_agrees_with_transformers(vllm_vlm, hf_vlm, hf_image_results, record_property):
+def test_vllm_agrees_with_transformers(vllm_vlm, hf_vlm, hf_image_results, tiny_model_dir, record_property):
     text_only = GenerationRequest("Describe the image.", max_tokens=MAX_TOKENS, keep_special_tokens=True)
     vllm_results = vllm_vlm.generate([*image_requests(), text_only])
     hf_results = [*hf_image_results, hf_vlm.generate([text_only])[0]]
     assert_all_ok(vllm_results, 4)
-    tokenizer = hf_vlm._tokenizer
+    tokenizer = load_processor(tiny_model_dir / "tiny-qwen2-vl").tokenizer
     identical = sum(v.text == h.text for v, h in zip(vllm_results, hf_results, strict=True))
     leading = sum(
         leading_tokens(tokenizer, v.text) == leading_tokens(tokenizer, h.text)
@@ -269,7 +273,7 @@ class StubHandler(BaseHTTPRequestHandler):
 def stub_server(monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     server = StubServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server
     server.shutdown()
@@ -278,7 +282,9 @@ def stub_server(monkeypatch):
 
 
 def http_backend(base_url: str, family: str = "qwen2-vl") -> OpenAIBackend:
-    config = EngineConfig(model="tiny-served", family=family, backend="openai", base_url=base_url, api_key_env="STUB_KEY")
+    config = EngineConfig(
+        model="tiny-served", family=family, backend="openai", base_url=base_url, api_key_env="STUB_KEY"
+    )
     return OpenAIBackend(config, max_attempts=3, backoff_seconds=0.01, read_timeout=10)
 
 
@@ -326,7 +332,10 @@ def test_openai_image_request_goes_to_chat_route(stub_server):
 
 def test_openai_refuses_what_http_cannot_express(stub_server):
     image = noise_image((56, 56), 2)
-    caption_chat = [{"role": "user", "content": "<image>\nDescribe the image."}, {"role": "assistant", "content": "A cat."}]
+    caption_chat = [
+        {"role": "user", "content": "<image>\nDescribe the image."},
+        {"role": "assistant", "content": "A cat."},
+    ]
     requests = [
         # The synthesizer's prompt: an open user turn after an image.
         GenerationRequest(render("qwen2-vl", caption_chat, open_user_turn=True), [image]),
@@ -350,7 +359,8 @@ def test_openai_retries_server_errors_then_succeeds(stub_server):
 
 
 def test_openai_gives_up_and_reports_why(stub_server):
-    stub_server.script = [(500, {"error": {"message": "engine dead"}})] * 3 + [(400, {"error": {"message": "too long"}})]
+    dead, too_long = (500, {"error": {"message": "engine dead"}}), (400, {"error": {"message": "too long"}})
+    stub_server.script = [dead, dead, dead, too_long]
     with http_backend(stub_server.url) as backend:
         exhausted, rejected = (backend.generate([GenerationRequest("x")])[0] for _ in range(2))
     assert exhausted.text is None

@@ -66,7 +66,7 @@ class Backend(ABC):
 
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """Complete every request; results come in the order of ``requests``. A failed request is recorded, not raised."""
+        """Complete every request, in order. A failed request is recorded in its result, never raised."""
 
     def close(self) -> None:
         """Release the model (memory, server connections). The backend is unusable afterwards."""

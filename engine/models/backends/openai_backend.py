@@ -165,10 +165,11 @@ def chat_messages(family_name: str, prompt: str, images: Sequence[Image.Image]) 
         raise UnsupportedRequest(f"family {family_name!r} has no chat format to send images in") from None
     turns, open_role, open_text = split_turns(family, prompt)
     if open_role != "assistant" or open_text:
-        where = {None: "a closed turn", "assistant": "inside an assistant answer"}.get(open_role, f"an open {open_role} turn")
+        ending = {None: "a closed turn", "assistant": "inside an assistant answer"}.get(open_role)
         raise UnsupportedRequest(
-            f"the prompt ends in {where}, but the chat API can only open a new assistant turn (the server renders the "
-            "messages with its own chat template); use the vllm or transformers backend for this prompt"
+            f"the prompt ends in {ending or f'an open {open_role} turn'}, but the chat API can only open a new "
+            "assistant turn (the server renders the messages with its own chat template); use the vllm or "
+            "transformers backend for this prompt"
         )
     image_tokens = sum(text.count(family.image_token) for _, text in turns)
     if image_tokens != len(images):

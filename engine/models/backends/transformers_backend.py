@@ -2,7 +2,7 @@
 
 The model and processor load through ``engine.models.loading``, the same path training uses. A batch is padded on the
 left so every row continues from its own last token; requests with different decoding settings run as separate
-``generate`` calls. Outputs follow vLLM's conventions so both backends are interchangeable: the end-of-sequence token
+``generate`` calls. The model sits on one device (``cpu`` or ``cuda``): no sharding, which is vLLM's job. Outputs follow vLLM's conventions so both backends are interchangeable: the end-of-sequence token
 counts as an output token but is not in the text, and a stop string ends the text without being part of it.
 """
 
