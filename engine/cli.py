@@ -7,8 +7,10 @@ Heavy libraries (ray, torch, vllm) are imported inside the verbs that need them,
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from engine.config import ConfigError, RunConfig, dump_config, load_config
 
@@ -19,13 +21,15 @@ EXIT_NOT_BUILT = 3  # the verb's stage is not part of this version yet
 # Stages whose drivers land in later versions, with the issue that tracks them. A verb listed here validates its
 # config and then says plainly that it cannot run yet; it never prints made-up results.
 NOT_BUILT_YET = {
-    "synthesize": "the synthesis pipeline (issue 3)",
     "train": "the training stage (issue 4)",
     "evaluate": "the evaluation stage (issue 5)",
     "score": "the evaluation stage (issue 5)",
     "report": "the evaluation stage (issue 5)",
     "ablate": "the ablation grid (issue 6)",
 }
+
+
+SYNTHESIS_SUMMARY_KEYS = ("rows_in", "rows_out", "rows_dropped", "rows_quarantined", "tasks_synthesized", "tasks_kept")
 
 
 def _load(args: argparse.Namespace) -> RunConfig:
@@ -51,12 +55,36 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return _not_built(args.verb)
 
 
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from engine.synthesis.pipeline import run_synthesis
+
+    manifest = run_synthesis(_load(args))
+    print(json.dumps({key: manifest[key] for key in SYNTHESIS_SUMMARY_KEYS}))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.io.sinks import export_hf_disk, export_llama_factory
+
+    instructions = Path(args.run_dir) / "synthesis" / "instructions"
+    if not instructions.is_dir():
+        print(f"adapt export: no instruction set at {instructions} (run `adapt synthesize` first)", file=sys.stderr)
+        return EXIT_INVALID
+    export = export_llama_factory if args.to == "llama-factory" else export_hf_disk
+    count = export(instructions, args.out)
+    print(f"adapt export: {count} examples written to {args.out} ({args.to})")
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from engine.synthesis.pipeline import run_synthesis
+
     config = _load(args)
     print(f"adapt run: config {args.config} is valid (fingerprint {config.fingerprint()})")
     print(f"adapt run: run directory {config.output_dir}")
     print("adapt run: stages: synthesize -> train -> evaluate (base and adapted) -> report")
-    return _not_built("synthesize")
+    run_synthesis(config)
+    return _not_built("train")
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    verb("synthesize", "Image-caption shards -> synthesizer -> consistency filter -> Parquet instruction set.", cmd_stage)
+    verb("synthesize", "Image-caption shards -> synthesizer -> consistency filter -> Parquet instruction set.",
+         cmd_synthesize)
     verb("train", "Single-stage post-training (Ray Train + DeepSpeed); `training.task=synthesizer` tunes a synthesizer.",
          cmd_stage)
     verb("evaluate", "Score the base and adapted models on the domain's benchmarks; write the report.", cmd_stage)
@@ -96,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--task", required=True, help="task name, e.g. slake, food101, recipe1m")
     score.add_argument("--predictions", required=True, help="JSONL with prediction, label (+ answer_type, options)")
     score.add_argument("--out", help="write the scores as JSON here too")
+
+    export = verb("export", "Export a run's instruction set for other trainers (LLaMA-Factory JSON, HF save_to_disk).",
+                  cmd_export, config=False)
+    export.add_argument("run_dir", help="a run directory holding synthesis/instructions")
+    export.add_argument("--to", choices=["llama-factory", "hf-disk"], default="llama-factory")
+    export.add_argument("--out", required=True, help="folder to write")
 
     report = verb("report", "Regenerate report.json, report.md and report.png of a run directory.", cmd_stage,
                   config=False)

@@ -46,7 +46,7 @@ def test_check_config_exits_two_naming_the_field(workdir, capsys):
     assert "command line: training.num_workers: Input should be greater than or equal to 1" in err
 
 
-@pytest.mark.parametrize("verb", ["synthesize", "train", "evaluate", "ablate", "run"])
+@pytest.mark.parametrize("verb", ["train", "evaluate", "ablate"])
 def test_unbuilt_stage_verbs_validate_then_refuse(verb, workdir, capsys):
     path = write_config(workdir, base_tree())
     assert main([verb, str(path)]) == EXIT_NOT_BUILT

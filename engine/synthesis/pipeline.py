@@ -23,7 +23,7 @@ import pyarrow.dataset as pads
 import ray
 from ray.data.checkpoint import CheckpointConfig
 
-from engine.config import EngineConfig, RunConfig
+from engine.config import ConfigError, EngineConfig, RunConfig
 from engine.io.images import ImageLimits
 from engine.io.ray_datasource import CaptionShardDatasource
 from engine.io.sources import dataset_root, list_shards
@@ -110,9 +110,9 @@ class SynthesisStage:
             with self.fs.open(marker) as file:
                 recorded = json.load(file)["fingerprint"]
             if recorded != self.fingerprint:
-                raise RuntimeError(
-                    f"{self.out} holds a synthesis run of another config (fingerprint {recorded}, this config "
-                    f"{self.fingerprint}); choose another output_dir or delete that folder"
+                raise ConfigError(
+                    f"output_dir: {self.out} holds a synthesis run of another config (fingerprint {recorded}, this "
+                    f"config {self.fingerprint}); choose another output_dir or delete that folder"
                 )
             return
         self.fs.makedirs(self.fs_out, exist_ok=True)
@@ -126,7 +126,10 @@ class SynthesisStage:
             return manifest
         self._claim_output_dir()
         root = dataset_root(self.config.data.path)
-        shards = list_shards(self.config.data.path, self.config.data.format)
+        try:
+            shards = list_shards(self.config.data.path, self.config.data.format)
+        except FileNotFoundError as err:
+            raise ConfigError(f"data.path: {err}") from None
         with ray_session(self.config.cluster):
             started = time.monotonic()
             context = ray.data.DataContext.get_current()

@@ -9,7 +9,8 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from engine.config import RunConfig
+from engine.config import ConfigError, RunConfig
+from engine.cli import main
 from engine.synthesis.pipeline import SynthesisStage
 from tests.fixtures import CORRUPT_EXPECTATIONS, write_corrupt_jsonl_dataset
 
@@ -85,5 +86,21 @@ def test_a_changed_config_does_not_resume_anothers_rows(ray_cluster, tmp_path):
     SynthesisStage(rule_based_config(jsonl.parent, tmp_path / "run")).run()
     (tmp_path / "run" / "synthesis" / "manifest.json").unlink()  # as if the run had died before finishing
     changed = rule_based_config(jsonl.parent, tmp_path / "run").model_copy(update={"seed": 7})
-    with pytest.raises(RuntimeError, match="another config"):
+    with pytest.raises(ConfigError, match="output_dir: .* another config"):
         SynthesisStage(changed).run()
+
+
+def test_export_to_llama_factory_and_hf_disk(ray_cluster, tmp_path, capsys):
+    jsonl = write_corrupt_jsonl_dataset(tmp_path / "set")
+    SynthesisStage(rule_based_config(jsonl.parent, tmp_path / "run")).run()
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "lf")]) == 0
+    info = json.loads((tmp_path / "lf" / "dataset_info.json").read_text())
+    entry = info["adapt_instructions"]
+    assert entry["formatting"] == "sharegpt" and entry["columns"] == {"messages": "messages", "images": "images"}
+    records = json.loads((tmp_path / "lf" / entry["file_name"]).read_text())
+    assert sorted(record["id"] for record in records) == ["good-1", "good-2"]
+    for record in records:
+        assert all((tmp_path / "lf" / path).is_file() for path in record["images"])
+        assert record["messages"][0]["content"].count("<image>") == len(record["images"])
+    assert main(["export", str(tmp_path / "run"), "--to", "hf-disk", "--out", str(tmp_path / "hf")]) == 0
+    assert len(datasets.load_from_disk(str(tmp_path / "hf"))) == 2

@@ -1,9 +1,10 @@
 """Hugging Face transformers ``generate``: the reference implementation, for CPU tests, debugging and models vLLM lacks.
 
-The model and processor load through ``engine.models.loading``, the same path training uses. A batch is padded on the
-left so every row continues from its own last token; requests with different decoding settings run as separate
-``generate`` calls. The model sits on one device (``cpu`` or ``cuda``): no sharding, which is vLLM's job. Outputs follow vLLM's conventions so both backends are interchangeable: the end-of-sequence token
-counts as an output token but is not in the text, and a stop string ends the text without being part of it.
+The model and processor load through ``engine.models.loading``, the same path training uses, onto one device (``cpu``
+or ``cuda``; sharding a model over GPUs is vLLM's job). A batch is padded on the left so every row continues from its
+own last token; requests with different decoding settings run as separate ``generate`` calls. Outputs follow vLLM's
+conventions so the two backends are interchangeable: the end-of-sequence token counts as an output token but is not in
+the text, and a stop string ends the text without being part of it.
 """
 
 from __future__ import annotations
