@@ -7,7 +7,7 @@ Every step maps a batch of working rows to the same rows (rows.py), so all of th
 never holds the data. Resume is Ray Data's own checkpointing, keyed on `row_key` (shard + position, unique and stable):
 a restarted run reads the committed row keys and filters them out at read time, and Ray's two-phase commit removes the
 files of blocks that were being written when the job died. When the stream ends, `finalize` projects the rows onto
-instructions/, tasks/ and quarantine/ and writes manifest.json.
+instructions/, tasks/ and quarantine/ (one Ray task per rows file) and writes manifest.json.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import time
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import ray
 from ray.data.checkpoint import CheckpointConfig
 
@@ -32,7 +34,7 @@ from engine.runtime import engine_actor_options, ray_session
 from engine.synthesis import outputs
 from engine.synthesis.examples import BuildExamples
 from engine.synthesis.judge import LexicalJudge, LLMJudge
-from engine.synthesis.rows import RowStep
+from engine.synthesis.rows import WORK_SCHEMA, RowStep
 from engine.synthesis.synthesizer import ModelSynthesizer, RuleBasedSynthesizer
 
 ROWS_DIR = "_rows"
@@ -82,6 +84,16 @@ def build_dataset(config: RunConfig, shards: list[str], root: str) -> ray.data.D
     elif filtering.enabled:
         ds = ds.map_batches(LexicalJudge(), batch_format="pyarrow")
     return ds.map_batches(BuildExamples(config.seed, filtering.enabled), batch_format="pyarrow")
+
+
+@ray.remote(num_cpus=0.25)
+def _publish(rows_file: str, out: str, fs: fsspec.AbstractFileSystem, duplicates: set[str]) -> None:
+    rows = outputs.mark_duplicates(pq.read_table(rows_file, filesystem=fs), duplicates)
+    stem = rows_file.rsplit("/", 1)[-1]
+    for name, project in PUBLISHED_SETS.items():
+        projected = project(rows)
+        if len(projected):
+            pq.write_table(projected, f"{out}/{name}/{stem}", filesystem=fs)
 
 
 class SynthesisStage:
@@ -149,16 +161,23 @@ class SynthesisStage:
         return manifest
 
     def finalize(self, shards: list[str]) -> dict[str, Any]:
-        rows_path = self._path(ROWS_DIR)
-        columns = pads.dataset(self.fs_out + "/" + ROWS_DIR, filesystem=self.fs, format="parquet").to_table(
+        rows_dir = f"{self.fs_out}/{ROWS_DIR}"
+        columns = pads.dataset(rows_dir, filesystem=self.fs, format="parquet").to_table(
             columns=outputs.ACCOUNTING_COLUMNS
         )
         duplicates = outputs.duplicate_row_keys(columns)
-        rows = ray.data.read_parquet(rows_path).map_batches(
-            outputs.mark_duplicates, fn_kwargs={"duplicates": duplicates}, batch_format="pyarrow"
-        )
+        for name in PUBLISHED_SETS:
+            if self.fs.exists(f"{self.fs_out}/{name}"):
+                self.fs.rm(f"{self.fs_out}/{name}", recursive=True)
+            self.fs.makedirs(f"{self.fs_out}/{name}", exist_ok=True)
+        # One Ray task per rows file (Ray Data wrote one per block): three projections from one read, in parallel.
+        rows_files = sorted(self.fs.glob(f"{rows_dir}/*.parquet"))
+        duplicates_ref = ray.put(duplicates)
+        ray.get([_publish.remote(path, self.fs_out, self.fs, duplicates_ref) for path in rows_files])
         for name, project in PUBLISHED_SETS.items():
-            rows.map_batches(project, batch_format="pyarrow").write_parquet(self._path(name), mode="overwrite")
+            if not self.fs.glob(f"{self.fs_out}/{name}/*.parquet"):  # keep every set loadable, even when empty
+                empty = project(pa.Table.from_pylist([], schema=WORK_SCHEMA))
+                pq.write_table(empty, f"{self.fs_out}/{name}/empty.parquet", filesystem=self.fs)
         config = self.config
         return {
             "status": "complete",

@@ -23,6 +23,7 @@ from PIL import Image
 
 from engine.config import EngineConfig
 from engine.models.backends import GenerationRequest, GenerationResult, create_backend
+from engine.models.backends.base import run_isolating_failures
 from engine.models.backends.openai_backend import OpenAIBackend
 from engine.models.families import render
 from engine.models.loading import load_processor
@@ -93,6 +94,28 @@ def assert_all_ok(results: list[GenerationResult], count: int) -> None:
         assert isinstance(result.text, str)
         assert result.prompt_tokens > 0
         assert 0 < result.output_tokens <= MAX_TOKENS
+
+
+# isolation of failed requests, with a fake engine
+
+
+def test_a_failing_request_is_isolated_and_the_rest_stay_batched():
+    calls: list[list[str]] = []
+
+    def run_batch(batch):
+        calls.append([request.prompt for request in batch])
+        if any(request.prompt.startswith("bad") for request in batch):
+            raise OSError("image file is truncated")
+        return [GenerationResult(text=request.prompt.upper(), output_tokens=1) for request in batch]
+
+    prompts = ["a", "b", "bad c", "d", "e", "f", "bad g", "h"]
+    results = run_isolating_failures([GenerationRequest(prompt) for prompt in prompts], run_batch)
+    assert [result.text for result in results] == ["A", "B", None, "D", "E", "F", None, "H"]
+    assert results[2].error == results[6].error == "OSError: image file is truncated"
+    succeeded = [prompt for call in calls if not any(p.startswith("bad") for p in call) for prompt in call]
+    assert sorted(succeeded) == ["a", "b", "d", "e", "f", "h"]  # each good request generated exactly once
+    # 8 fails; each half of 4 holds a bad request: 4 fails, 2 succeeds, 2 fails, 1 fails, 1 succeeds.
+    assert [len(call) for call in calls] == [8, 4, 2, 2, 1, 1, 4, 2, 2, 1, 1]
 
 
 # transformers
@@ -204,13 +227,15 @@ def test_vllm_agrees_with_transformers(vllm_vlm, hf_vlm, hf_image_results, tiny_
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_vllm_bad_image_fails_alone(vllm_vlm):
+def test_vllm_bad_requests_fail_alone(vllm_vlm):
     clean = vllm_vlm.generate(image_requests())
     requests = image_requests()
     requests[1] = GenerationRequest(requests[1].prompt, [truncated_jpeg()], MAX_TOKENS, keep_special_tokens=True)
-    results = vllm_vlm.generate(requests)
+    too_long = GenerationRequest("colour " * 600, max_tokens=MAX_TOKENS)  # max_model_len is 512
+    results = vllm_vlm.generate([*requests, too_long])
     assert results[1].text is None
     assert "truncated" in results[1].error
+    assert "maximum context length" in results[3].error
     assert [results[0].text, results[2].text] == [clean[0].text, clean[2].text]
 
 

@@ -88,10 +88,11 @@ BatchRunner = Callable[[Sequence[GenerationRequest]], list[GenerationResult]]
 
 
 def run_isolating_failures(requests: Sequence[GenerationRequest], run_batch: BatchRunner) -> list[GenerationResult]:
-    """Run the batch in one call; if that call raises, run each request on its own so only the bad one fails.
+    """Run the batch in one call; if that call raises, run each half the same way, down to single requests.
 
-    Engines process a batch as a whole, so one request they cannot take (an undecodable image, too many image tokens)
-    raises for all of them. Retrying one by one costs a slower batch only when something in it is broken.
+    Engines process a batch as a whole, so one request they cannot take (an undecodable image, a prompt longer than the
+    context) raises for all of them. Halving isolates it in about log2(batch) extra calls while the good requests stay
+    batched; retrying them one at a time would run a GPU engine at batch size 1.
     """
     if not requests:
         return []
@@ -100,12 +101,6 @@ def run_isolating_failures(requests: Sequence[GenerationRequest], run_batch: Bat
     except Exception as error:  # noqa: BLE001 - any engine error is a per-request outcome here
         if len(requests) == 1:
             return [GenerationResult.failure(error)]
-        logger.warning("batch of %d failed (%s); retrying one request at a time", len(requests), describe_error(error))
-    results = []
-    for request in requests:
-        try:
-            (result,) = run_batch([request])
-        except Exception as error:  # noqa: BLE001
-            result = GenerationResult.failure(error)
-        results.append(result)
-    return results
+        logger.warning("batch of %d failed (%s); retrying it in halves", len(requests), describe_error(error))
+    middle = len(requests) // 2
+    return run_isolating_failures(requests[:middle], run_batch) + run_isolating_failures(requests[middle:], run_batch)

@@ -108,11 +108,10 @@ class TransformersBackend(Backend):
         it, where the padding begins that ``generate`` appends while the rest of the batch runs on.
         """
         for position, token in enumerate(tokens):
-            produced = tokens[:position]
-            if token == self._pad_id and _contains_stop(produced, request, self._tokenizer):
-                return produced, position
+            if token == self._pad_id and _contains_stop(tokens[:position], request, self._tokenizer):
+                return tokens[:position], position
             if token in self._eos_ids:
-                return produced, position + 1
+                return tokens[:position], position + 1
         return tokens, len(tokens)
 
 

@@ -64,7 +64,7 @@ class VLLMBackend(Backend):
         outputs = self._llm.generate(prompts, params, use_tqdm=False)
         return [_result(output) for output in outputs]
 
-    def _sampling_params(self, request: GenerationRequest):
+    def _sampling_params(self, request: GenerationRequest) -> Any:
         return self._sampling_params_class(
             temperature=request.temperature,
             max_tokens=request.max_tokens,
