@@ -63,3 +63,15 @@ def ray_cluster():
     yield
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_paths(tmp_path_factory) -> dict[str, Path]:
+    """The tiny offline models of tools/make_tiny_models.py, built once per session."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import make_tiny_models
+
+    results = make_tiny_models.build_all(tmp_path_factory.mktemp("tiny-models"), seed=0)
+    return {result.name: result.path for result in results}

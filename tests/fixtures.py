@@ -67,3 +67,25 @@ def write_corrupt_jsonl_dataset(root: Path) -> Path:
     path = root / "captions.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def write_parquet_pairs(root: Path, rows: int, shards: int) -> Path:
+    """`rows` valid image-caption pairs (coloured squares, 112 px) spread over `shards` Parquet files, ids pair-00000..."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root.mkdir(parents=True)
+    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+    names = list(colours)
+    per_shard = -(-rows // shards)
+    for shard in range(shards):
+        indices = range(shard * per_shard, min(rows, (shard + 1) * per_shard))
+        table = pa.table(
+            {
+                "id": [f"pair-{i:05d}" for i in indices],
+                "image": [png_bytes(colours[names[i % 3]], size=112) for i in indices],
+                "caption": [f"A {names[i % 3]} square on a plain background." for i in indices],
+            }
+        )
+        pq.write_table(table, root / f"shard-{shard:03d}.parquet")
+    return root

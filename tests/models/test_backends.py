@@ -66,14 +66,13 @@ def noise_image(size: tuple[int, int], seed: int) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def image_requests(**overrides) -> list[GenerationRequest]:
+def image_requests() -> list[GenerationRequest]:
     return [
         GenerationRequest(
             prompt=vlm_prompt(question),
             images=[noise_image(size, seed)],
             max_tokens=MAX_TOKENS,
             keep_special_tokens=True,
-            **overrides,
         )
         for seed, (question, size) in enumerate(zip(QUESTIONS, IMAGE_SIZES, strict=True))
     ]
@@ -183,19 +182,22 @@ def test_transformers_text_model_refuses_images(hf_text):
 
 @pytest.fixture(scope="module")
 def vllm_vlm(tiny_model_dir):
-    """One in-process vLLM engine for the module: a 2-core machine must never run two at once."""
+    """One in-process vLLM engine for the module (a 2-core machine must never run two at once), leaving no trace.
+
+    An engine freezes ``vllm.envs`` when it starts and writes variables of its own into ``os.environ``; both are undone
+    on either side, so this engine sees the variable set here and later tests see their own environment.
+    """
+    envs = pytest.importorskip("vllm.envs")
     saved_environ = dict(os.environ)
+    # In this process (the CPU build's fast start), not in an engine-core worker process.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    envs.disable_envs_cache()
+    config = engine_config(tiny_model_dir / "tiny-qwen2-vl", "qwen2-vl", "vllm", kv_cache_gib=0.0625, max_model_len=512)
     try:
-        # Set before vLLM is imported: run the engine in this process (the CPU build's fast start), not in a worker.
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        pytest.importorskip("vllm")
-        config = engine_config(
-            tiny_model_dir / "tiny-qwen2-vl", "qwen2-vl", "vllm", kv_cache_gib=0.0625, max_model_len=512
-        )
         with create_backend(config) as backend:
             yield backend
     finally:
-        # vLLM also writes process-wide variables of its own; later tests should not inherit them.
+        envs.disable_envs_cache()
         os.environ.clear()
         os.environ.update(saved_environ)
 

@@ -27,6 +27,8 @@ def engine_kwargs(config: EngineConfig) -> dict[str, Any]:
         "model": config.model,
         "dtype": config.dtype,
         "trust_remote_code": config.trust_remote_code,
+        # Requests carry images only; without this vLLM also profiles (and reserves memory for) video inputs.
+        "limit_mm_per_prompt": {"video": 0},
     }
     if config.max_model_len is not None:
         kwargs["max_model_len"] = config.max_model_len
