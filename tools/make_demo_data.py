@@ -196,7 +196,7 @@ REAL_IMAGES = (
         "skimage",
         "data/retina.jpg",
         "A colour fundus photograph of a human retina: a circular orange-red field on a black surround. The bright "
-        "yellowish optic disc lies at the left edge, blood vessels branch out from it across the retina, and the "
+        "yellowish optic disc lies near the left edge, blood vessels branch out from it across the retina, and the "
         "darker macula sits near the centre.",
     ),
     RealImage(
@@ -332,8 +332,8 @@ def star_points(x: float, y: float, outer: float, inner: float) -> list[tuple[fl
 
 
 def draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: float, fill) -> None:
-    # Outlines are scaled so every shape is about 2r wide: "small" and "large" then look alike across shapes. None
-    # reaches beyond EXTENT_FACTOR * r (the square's corners come closest).
+    # Outlines are scaled so every shape is roughly 2r wide: a size then means about the same width for every shape.
+    # None reaches beyond EXTENT_FACTOR * r from the centre (the square's corners come closest).
     if shape == "circle":
         draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
     elif shape == "square":
@@ -420,8 +420,12 @@ def make_caption(scene: Scene, rng: np.random.Generator) -> str:
         subject=subject,
         where=location_phrase(scene, rng),
         background=background_phrase(scene, rng),
-        **{"is": "is" if singular else "are", "sits": "sits" if singular else "sit"},
-        stands="stands" if singular else "stand",
+        # `is` is a Python keyword, so the agreeing verbs go in as a mapping.
+        **{
+            "is": "is" if singular else "are",
+            "sits": "sits" if singular else "sit",
+            "stands": "stands" if singular else "stand",
+        },
     )
 
 
@@ -476,12 +480,10 @@ def asked_value(scene: Scene, kind: str, answer_yes: bool, rng: np.random.Genera
 
 def closed_question(scene: Scene, kind: str, asked: str) -> tuple[str, str]:
     """(question, "yes"/"no") asking whether the image has value `asked` of one attribute."""
-    if kind == "colour":
+    if kind in ("colour", "size"):
         question = f"{be(scene).capitalize()} {the_shapes(scene)} {asked}?"
     elif kind == "shape":
         question = f"Is there a {asked} in the image?"
-    elif kind == "size":
-        question = f"{be(scene).capitalize()} {the_shapes(scene)} {asked}?"
     elif kind == "count":
         question = "Is there exactly one shape?" if asked == "one" else f"Are there exactly {asked} shapes?"
     else:
@@ -686,6 +688,7 @@ def write_parquet(rows: list[dict], schema: pa.Schema, path: Path) -> Path:
 
 
 def write_parquet_shards(rows: list[dict], schema: pa.Schema, folder: Path, shard_size: int) -> list[Path]:
+    # No rows still gives one (empty) shard: readers then find a file with the schema instead of an empty folder.
     starts = range(0, max(len(rows), 1), shard_size)
     return [
         write_parquet(rows[start : start + shard_size], schema, folder / f"part-{number:05d}.parquet")
@@ -708,7 +711,10 @@ def write_jsonl(records: list[dict], path: Path) -> Path:
 
 
 def write_captions_jsonl(rows: list[dict], folder: Path, jsonl_name: str) -> Path:
-    """The pairs as JSONL with one image file each; image_path is relative to the JSONL's folder."""
+    """The pairs as JSONL with one image file each; image_path is relative to the JSONL's folder.
+
+    A row may carry the `extension` of its image format (real JPEGs stay JPEGs); drawn images are PNG.
+    """
     extensions = {row["id"]: row.get("extension", ".png") for row in rows}
     write_image_files({f"{row['id']}{extensions[row['id']]}": row["image"] for row in rows}, folder / "images")
     records = [
@@ -853,7 +859,8 @@ def build_demo_data(out: Path, arguments: dict) -> dict:
     file_sets["captions_jsonl"] = file_set_entry(out, "captions_jsonl", [jsonl], len(captions))
 
     benchmark = build_benchmark(seed, arguments["benchmark"])
-    file_sets["benchmark"] = file_set_entry(out, "benchmark", write_benchmark(benchmark, out / "benchmark"), len(benchmark))
+    benchmark_files = write_benchmark(benchmark, out / "benchmark")
+    file_sets["benchmark"] = file_set_entry(out, "benchmark", benchmark_files, len(benchmark))
 
     seed_tasks = build_seed_tasks(seed, arguments["seed_tasks"])
     seed_file = write_parquet(seed_tasks, SEED_TASK_SCHEMA, out / "seed_tasks" / "seed_tasks.parquet")
@@ -871,7 +878,8 @@ def build_demo_data(out: Path, arguments: dict) -> dict:
 
 def summary_line(name: str, entry: dict, out: Path) -> str:
     files = len(entry["files"]) + entry["image_files"]
-    return f"{name:<15} {entry['rows']:>5} rows {files:>5} files  sha256 {entry['sha256'][:12]}  {out / entry['folder']}"
+    digest = entry["sha256"][:12]
+    return f"{name:<15} {entry['rows']:>5} rows {files:>5} files  sha256 {digest}  {out / entry['folder']}"
 
 
 def count_argument(minimum: int):
@@ -887,7 +895,7 @@ def count_argument(minimum: int):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("data/demo"), help="output folder (default: data/demo)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random stream (default: 0)")
+    parser.add_argument("--seed", type=count_argument(0), default=0, help="seed of all random streams (default: 0)")
     parser.add_argument("--train", type=count_argument(0), default=800, help="image-caption pairs (default: 800)")
     parser.add_argument(
         "--benchmark", type=count_argument(0), default=120, help="benchmark questions, one per held-out image"
@@ -908,7 +916,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.out / MANIFEST_NAME} is current for these arguments; nothing to do (use --force to rebuild)")
         return 0
     prepare_output(args.out, args.force)
-    file_sets = build_demo_data(args.out, arguments)
+    try:
+        file_sets = build_demo_data(args.out, arguments)
+    except FileNotFoundError as missing:
+        raise SystemExit(f"make_demo_data: {missing}") from missing
     for name, entry in file_sets.items():
         print(summary_line(name, entry, args.out))
     print(f"manifest        {write_manifest(args.out, arguments, file_sets)}")
