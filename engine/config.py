@@ -48,6 +48,11 @@ class FieldProblem(ValueError):
 _FIELD_SEPARATOR = " :: "
 
 
+def absolute(ref: str) -> str:
+    """A local path made absolute (Ray workers do not share the driver's working directory); other refs unchanged."""
+    return str(Path(ref).expanduser().resolve()) if is_local_path(ref) else ref
+
+
 def _require_local_path_exists(ref: str, field: str) -> None:
     if is_local_path(ref) and not Path(ref).expanduser().exists():
         raise FieldProblem(field, f"{ref!r} does not exist (relative paths resolve against {os.getcwd()})")
@@ -268,6 +273,24 @@ class RunConfig(Section):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     training: TrainingConfig | None = None
     evaluation: EvaluationConfig | None = None
+
+    def with_absolute_paths(self) -> RunConfig:
+        """The same config with every local path absolute, as stage drivers hand it to Ray workers."""
+        tree = self.model_dump()
+        tree["output_dir"] = absolute(tree["output_dir"])
+        tree["data"]["path"] = absolute(tree["data"]["path"])
+        for section in ("synthesis", "filter", "evaluation"):
+            engine = (tree.get(section) or {}).get("engine")
+            if engine:
+                engine["model"] = absolute(engine["model"])
+        if tree.get("training"):
+            for key in ("model", "deepspeed_config"):
+                tree["training"][key] = absolute(tree["training"][key])
+        if tree.get("evaluation"):
+            for benchmark in tree["evaluation"]["benchmarks"]:
+                benchmark["path"] = benchmark["path"] and absolute(benchmark["path"])
+            tree["evaluation"]["models"] = {name: absolute(ref) for name, ref in tree["evaluation"]["models"].items()}
+        return RunConfig.model_validate(tree)
 
     def fingerprint(self) -> str:
         """Short hash of the resolved config, recorded in every manifest so outputs name what made them."""

@@ -132,3 +132,11 @@ def test_shipped_demo_config_is_well_formed():
         problems = [line for line in str(err).splitlines() if "does not exist" not in line]
     assert problems == []
     assert tree["output_dir"] == "./runs/demo"
+
+
+def test_absolute_paths_for_workers(workdir):
+    config = load_config(write_config(workdir, base_tree())).with_absolute_paths()
+    assert config.data.path == str(workdir / "data/pairs")
+    assert config.synthesis.engine.model == str(workdir / "models/vlm")
+    assert config.training.deepspeed_config == str(workdir / "ds.json")
+    assert config.output_dir == str(workdir / "runs/x")

@@ -100,10 +100,10 @@ class SynthesisStage:
     """One synthesis run in `{output_dir}/synthesis`: run (or resume) the stream, then publish and account."""
 
     def __init__(self, config: RunConfig):
-        self.config = config
+        self.fingerprint = synthesis_fingerprint(config)  # of the config as written: stable if the folder moves
+        self.config = config = config.with_absolute_paths()
         self.out = f"{config.output_dir.rstrip('/')}/synthesis"
         self.fs, self.fs_out = fsspec.core.url_to_fs(self.out)
-        self.fingerprint = synthesis_fingerprint(config)
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.out, *parts])
