@@ -131,6 +131,9 @@ class EngineConfig(Section):
         "node and start-up fails on small machines.",
     )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM on CUDA: share of GPU memory to use.")
+    enforce_eager: bool = Field(
+        False, description="vLLM: skip graph capture and compilation; starts much faster, generates somewhat slower."
+    )
     cpu_threads_bind: str | None = Field(
         None,
         description="vLLM CPU build: cores for this pool's engines (VLLM_CPU_OMP_THREADS_BIND, e.g. '0' or '0-3'), so "
@@ -174,6 +177,12 @@ class SynthesisConfig(Section):
     def _check(self) -> SynthesisConfig:
         if self.synthesizer == "model" and self.engine is None:
             raise FieldProblem("engine", "synthesizer 'model' needs an engine section")
+        if self.synthesizer == "model" and self.engine.backend == "openai":
+            raise FieldProblem(
+                "engine.backend",
+                "the synthesizer prompt ends in an open user turn with an image, which the OpenAI-compatible HTTP "
+                "API cannot express; use vllm or transformers (the judge and evaluation can use openai)",
+            )
         return self
 
 

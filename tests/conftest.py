@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
@@ -65,13 +67,23 @@ def ray_cluster():
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_paths(tmp_path_factory) -> dict[str, Path]:
-    """The tiny offline models of tools/make_tiny_models.py, built once per session."""
+def load_tool(name: str):
+    """A script of tools/ as a module (tools/ is not a package). Registered in sys.modules before it runs, since
+    dataclasses look their module up while the file executes."""
+    import importlib.util
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    import make_tiny_models
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
-    results = make_tiny_models.build_all(tmp_path_factory.mktemp("tiny-models"), seed=0)
-    return {result.name: result.path for result in results}
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny offline models (tiny-qwen2-vl, tiny-text-llm), built once per session by the tool the demo uses."""
+    out = tmp_path_factory.mktemp("tiny-models")
+    load_tool("make_tiny_models").build_all(out, seed=0)
+    return out

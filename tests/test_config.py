@@ -63,6 +63,11 @@ def test_fingerprint_changes_with_any_field(workdir):
         (lambda t: t["synthesis"]["engine"].update(num_gpus=1), "run.yaml: synthesis.engine.num_gpus: is 1"),
         (lambda t: t["filter"]["engine"].update(kv_cache_gib=None), "run.yaml: filter.engine.kv_cache_gib: vLLM on CPU"),
         (lambda t: t["synthesis"]["engine"].update(backend="openai"), "run.yaml: synthesis.engine.base_url:"),
+        (
+            lambda t: t["synthesis"]["engine"].update(backend="openai", base_url="http://127.0.0.1:8000", num_cpus=1),
+            "run.yaml: synthesis.engine.backend: the synthesizer prompt ends in an open user turn",
+        ),
+        (lambda t: t["filter"]["engine"].update(backend="transformers", device="cuda"), "run.yaml: filter.engine.num_gpus"),
         (lambda t: t["synthesis"].pop("engine"), "run.yaml: synthesis.engine: synthesizer 'model' needs an engine"),
         (lambda t: t["training"].update(model="./models/absent"), "run.yaml: training.model: './models/absent' does"),
         (lambda t: t["training"].update(precision="bf16"), "run.yaml: training.precision: 'bf16' needs GPUs"),

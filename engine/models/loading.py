@@ -27,11 +27,11 @@ from transformers import (
 )
 
 ModelKind = Literal["image-text-to-text", "causal-lm"]
-DType = Literal["auto", "float32", "bfloat16"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 _MODEL_CLASSES = {"image-text-to-text": AutoModelForImageTextToText, "causal-lm": AutoModelForCausalLM}
 # "auto" keeps the dtype recorded in the checkpoint's config.
-_DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16}
+_DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ProcessorLoadError(ValueError):

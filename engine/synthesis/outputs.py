@@ -7,7 +7,6 @@ parallel and tests can check them without Ray.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import pyarrow as pa

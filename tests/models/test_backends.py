@@ -7,12 +7,10 @@ greedy outputs, a bad request fails alone, stop strings cut where they should, a
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import os
 import socket
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,22 +32,6 @@ QUESTIONS = ("What colour is the shape?", "Describe the image.", "Is there a cir
 # Different sizes give different numbers of image tokens, so the batch needs padding.
 IMAGE_SIZES = ((112, 112), (140, 84), (56, 56))
 AGREEMENT_TOKENS = 5
-
-
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """The tiny models, built once per session by the same tool the demo uses."""
-    out = tmp_path_factory.mktemp("tiny-models")
-    _load_tool("make_tiny_models").build_all(out)
-    return out
 
 
 def engine_config(model: Path | str, family: str, backend: str, **fields) -> EngineConfig:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,9 @@ from transformers import AutoProcessor, PreTrainedTokenizerBase, Qwen2VLProcesso
 
 from engine.models.loading import ProcessorLoadError, load_model, load_processor
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import make_tiny_models as tiny  # noqa: E402  (tools/ is not a package)
+from tests.conftest import load_tool
+
+tiny = load_tool("make_tiny_models")
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,9 +33,8 @@ COLOURS = ((220, 30, 30), (30, 200, 30), (30, 30, 220))
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    results = tiny.build_all(tmp_path_factory.mktemp("tiny-models"), seed=SEED)
-    return {result.name: result.path for result in results}
+def tiny_models(tiny_model_dir) -> dict[str, Path]:
+    return {name: tiny_model_dir / name for name in (tiny.VLM_NAME, tiny.TEXT_LLM_NAME)}
 
 
 @pytest.fixture(scope="session")
@@ -176,7 +175,7 @@ def test_load_model_honours_dtype_and_rejects_unknown_kinds(llm_path):
     with pytest.raises(ValueError, match="unknown model kind"):
         load_model(llm_path, "seq2seq")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown dtype"):
-        load_model(llm_path, "causal-lm", dtype="float16")  # type: ignore[arg-type]
+        load_model(llm_path, "causal-lm", dtype="float8")  # type: ignore[arg-type]
 
 
 def test_an_unregistered_processor_class_is_an_error_not_a_silent_tokenizer(vlm_path, tmp_path):

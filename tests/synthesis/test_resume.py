@@ -46,9 +46,9 @@ def adapt(*args: str) -> list[str]:
     return [str(Path(sys.executable).with_name("adapt")), *args]
 
 
-def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_model_paths):
+def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_model_dir):
     data = write_parquet_pairs(tmp_path / "pairs", ROWS, SHARDS)
-    config = write_config(tmp_path, data, tiny_model_paths["tiny-qwen2-vl"])
+    config = write_config(tmp_path, data, tiny_model_dir / "tiny-qwen2-vl")
     run = tmp_path / "run"
 
     # The driver runs in its own process group, so killing the group stops exactly the Ray it started.

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,20 +11,9 @@ import pytest
 from PIL import Image
 
 from engine.records import BENCHMARK_SCHEMA, CAPTION_SCHEMA, SEED_TASK_SCHEMA
+from tests.conftest import load_tool
 
-TOOL_PATH = Path(__file__).resolve().parents[2] / "tools" / "make_demo_data.py"
-
-
-def load_tool():
-    # tools/ is a folder of scripts, not a package: load the file itself.
-    spec = importlib.util.spec_from_file_location("make_demo_data", TOOL_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = load_tool()
+demo = load_tool("make_demo_data")
 
 SEED = 7
 SMALL = ["--seed", str(SEED), "--train", "24", "--benchmark", "26", "--seed-tasks", "8", "--shard-size", "10"]

@@ -27,6 +27,7 @@ def engine_kwargs(config: EngineConfig) -> dict[str, Any]:
         "model": config.model,
         "dtype": config.dtype,
         "trust_remote_code": config.trust_remote_code,
+        "enforce_eager": config.enforce_eager,
         # Requests carry images only; without this vLLM also profiles (and reserves memory for) video inputs.
         "limit_mm_per_prompt": {"video": 0},
     }
