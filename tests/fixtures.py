@@ -89,3 +89,36 @@ def write_parquet_pairs(root: Path, rows: int, shards: int) -> Path:
         )
         pq.write_table(table, root / f"shard-{shard:03d}.parquet")
     return root
+
+
+def write_pairs_as(data_format: str, root: Path, rows: int) -> Path:
+    """The same `rows` pairs as write_parquet_pairs, stored in `data_format`; returns the data set path."""
+    import tarfile
+
+    import datasets
+    import pyarrow.parquet as pq
+
+    parquet = write_parquet_pairs(root / "parquet", rows, shards=2)
+    records = pq.read_table(parquet).to_pylist()
+    if data_format == "parquet":
+        return parquet
+    target = root / data_format
+    target.mkdir()
+    if data_format == "jsonl":
+        (target / "images").mkdir()
+        lines = []
+        for record in records:
+            (target / "images" / f"{record['id']}.png").write_bytes(record["image"])
+            lines.append(json.dumps({"id": record["id"], "image_path": f"images/{record['id']}.png",
+                                     "caption": record["caption"]}))
+        (target / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    elif data_format == "webdataset":
+        with tarfile.open(target / "shard-000.tar", "w") as tar:
+            for record in records:
+                for ext, data in (("png", record["image"]), ("txt", record["caption"].encode())):
+                    info = tarfile.TarInfo(f"{record['id']}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    elif data_format == "hf_disk":
+        datasets.Dataset.from_list(records).save_to_disk(str(target))
+    return target

@@ -12,7 +12,7 @@ import pytest
 from engine.config import ConfigError, RunConfig
 from engine.cli import main
 from engine.synthesis.pipeline import SynthesisStage
-from tests.fixtures import CORRUPT_EXPECTATIONS, write_corrupt_jsonl_dataset
+from tests.fixtures import CORRUPT_EXPECTATIONS, write_corrupt_jsonl_dataset, write_pairs_as
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -104,3 +104,12 @@ def test_export_to_llama_factory_and_hf_disk(ray_cluster, tmp_path, capsys):
         assert record["messages"][0]["content"].count("<image>") == len(record["images"])
     assert main(["export", str(tmp_path / "run"), "--to", "hf-disk", "--out", str(tmp_path / "hf")]) == 0
     assert len(datasets.load_from_disk(str(tmp_path / "hf"))) == 2
+
+
+@pytest.mark.parametrize("data_format", ["parquet", "jsonl", "webdataset", "hf_disk"])
+def test_every_input_format_through_the_pipeline(data_format, ray_cluster, tmp_path):
+    path = write_pairs_as(data_format, tmp_path / "data", rows=6)
+    manifest = SynthesisStage(rule_based_config(path, tmp_path / "run", data_format)).run()
+    assert manifest["rows_in"] == manifest["rows_out"] == 6
+    ids = sorted(row["id"] for row in read_set(tmp_path / "run", "instructions"))
+    assert ids == [f"pair-{i:05d}" for i in range(6)]
