@@ -206,6 +206,12 @@ class TrainingConfig(Section):
     )
     model: str = Field(description="Model to train: hub id or local path.")
     family: ModelFamily = Field(description="Model family (chat template, collation).")
+    dataset: str | None = Field(
+        None,
+        description="Training data: a Parquet instruction set (default: the run's synthesis/instructions), a "
+        "LLaMA-Factory JSON file, or for task 'synthesizer' a seed-task Parquet set.",
+    )
+    dataset_format: Literal["parquet", "llama_factory"] = Field("parquet", description="How `dataset` is stored.")
     mixture: Literal["single_stage", "two_stage", "caption_only", "synthetic_only"] = Field(
         "single_stage", description="Training mixture; single_stage is the paper's method, the rest its ablations."
     )
@@ -227,6 +233,8 @@ class TrainingConfig(Section):
     micro_batch_size: int = Field(1, ge=1, description="Examples per worker per forward pass.")
     max_length: int = Field(6144, ge=16, description="Token budget per example; longer text is truncated, images kept.")
     checkpoint_every: int = Field(100, ge=1, description="Optimizer steps between checkpoints.")
+    log_every: int = Field(1, ge=1, description="Optimizer steps between metric lines (stdout and metrics.csv).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory (large models).")
     blank_image_fraction: float = Field(
         0.1, ge=0, le=1, description="Synthesizer tuning: share of images replaced by a blank image."
     )
@@ -236,6 +244,8 @@ class TrainingConfig(Section):
     def _check(self) -> TrainingConfig:
         _require_local_path_exists(self.model, "model")
         _require_local_path_exists(self.deepspeed_config, "deepspeed_config")
+        if self.dataset:
+            _require_local_path_exists(self.dataset, "dataset")
         if not self.use_gpu and self.precision == "bf16":
             raise FieldProblem("precision", "'bf16' needs GPUs; use precision: fp32 with use_gpu: false")
         per_step = self.num_workers * self.micro_batch_size
@@ -293,8 +303,8 @@ class RunConfig(Section):
             if engine:
                 engine["model"] = absolute(engine["model"])
         if tree.get("training"):
-            for key in ("model", "deepspeed_config"):
-                tree["training"][key] = absolute(tree["training"][key])
+            for key in ("model", "deepspeed_config", "dataset"):
+                tree["training"][key] = tree["training"][key] and absolute(tree["training"][key])
         if tree.get("evaluation"):
             for benchmark in tree["evaluation"]["benchmarks"]:
                 benchmark["path"] = benchmark["path"] and absolute(benchmark["path"])
