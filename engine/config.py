@@ -120,6 +120,11 @@ class EngineConfig(Section):
     concurrency: int = Field(1, ge=1, description="Actors in the pool (engine replicas).")
     num_gpus: float = Field(0, ge=0, description="GPUs per actor (tensor_parallel_size is taken from it).")
     num_cpus: float = Field(1, gt=0, description="CPUs per actor; fractional values let small machines oversubscribe.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per actor, to pin the pool to a node group (e.g. {synthesis_node: 1}; "
+        "the cluster manifests in cluster/ declare them).",
+    )
     batch_size: int = Field(32, ge=1, description="Rows per map_batches call.")
     max_tokens: int = Field(512, ge=1, description="Generation budget per request.")
     temperature: float = Field(0.0, ge=0, description="0 = greedy, as in the paper.")
@@ -219,6 +224,11 @@ class TrainingConfig(Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU on clusters).")
     use_gpu: bool = Field(True, description="One GPU per worker; false trains on CPU with gloo.")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per training worker.")
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per training worker, to place workers on a node group (e.g. "
+        "{training_node: 1}).",
+    )
     deepspeed_config: str = Field("./configs/deepspeed/zero2.json", description="DeepSpeed JSON (ZeRO stage etc.).")
     precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16 on GPUs; fp32 on CPU.")
     learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate of the projector and language model.")

@@ -45,6 +45,8 @@ def engine_actor_options(engine: EngineConfig) -> dict:
         if engine.cpu_threads_bind:
             env["VLLM_CPU_OMP_THREADS_BIND"] = engine.cpu_threads_bind
     options = {"num_cpus": engine.num_cpus, "num_gpus": engine.num_gpus or None, "concurrency": engine.concurrency}
+    if engine.resources:
+        options["resources"] = dict(engine.resources)
     if env:
         options["runtime_env"] = {"env_vars": env}
     return options

@@ -1,0 +1,1 @@
+"""Post-training: mixtures of the instruction set, collation with loss masks, the Ray Train + DeepSpeed loop, export."""

@@ -1,0 +1,689 @@
+"""The training stage on Ray Train + DeepSpeed: post-training (`training.task: target`) or synthesizer tuning
+(`training.task: synthesizer`), resumable.
+
+    driver: TrainingStage.run                         each Ray Train worker: Recipe(...).run()
+      count the examples of each phase, plan steps      load processor + model; deepspeed.initialize (ZeRO from the
+      Ray Data: Parquet -> mixture phases (flat_map)      JSON, per-group learning rates, warm-up + cosine per phase)
+      TorchTrainer(one worker per GPU, or CPU workers)  restore from ray.train.get_checkpoint()
+                                                        per phase: stream get_dataset_shard(phase) -> collate ->
+                                                          accumulate to the global batch -> step -> log / checkpoint
+                                                        export the HF model folder (rank 0 writes)
+
+The two recipes differ only in their data (``target_phases``, ``synthesizer_phases``): which rows, which mixture
+phases, where the loss goes (``engine.training.mixture``). Everything after the phases is shared.
+
+Layout in {output_dir}/training/: checkpoints/ (Ray Train's storage: one folder per checkpoint holding DeepSpeed's files
+from every worker and each worker's data position), model/ (the HF model folder), metrics.csv, run.json (the
+fingerprint of the config that owns the folder) and manifest.json (written last: the stage is complete).
+
+Resume: run the same command again. Ray Train finds the latest checkpoint under checkpoints/ and each worker restores
+from it. Exact: the step count, weights, optimizer and learning-rate schedule (DeepSpeed's checkpoint), and the data
+position as long as the data set's files and the worker count are unchanged, because the order is deterministic: seeded
+file order, Ray Data's preserve_order, a split among workers balanced by row counts, a seeded local shuffle per epoch;
+each worker then skips the micro-batches it had consumed. metrics.csv is cut back to the checkpoint's step, so redone
+steps appear once. Not exact: skipped micro-batches are still read (not collated), so resuming late in a long epoch
+costs reading time; torch's RNG is not restored (these models use no dropout in training); adding files to the data set
+or changing num_workers changes the order (a different num_workers cannot load the ZeRO partitions anyway).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import random
+import re
+import sys
+import tempfile
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow.dataset as pads
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from fsspec.implementations.local import LocalFileSystem
+from ray.data import ExecutionOptions, FileShuffleConfig
+from ray.train.torch import TorchTrainer
+
+from engine.config import ConfigError, RunConfig, TrainingConfig, is_url
+from engine.models.loading import load_model, load_processor
+from engine.runtime import ray_session
+from engine.training import mixture
+from engine.training.collate import DROP_REASONS, TRUNCATED, Collator
+from engine.training.export import gather_weights, save_model_folder
+
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_DIR = "model"
+METRICS_FILE = "metrics.csv"
+DEEPSPEED_TAG = "deepspeed"
+# Rows a worker shuffles locally before batching: mixes neighbouring examples without a global shuffle's cost.
+SHUFFLE_BUFFER_ROWS = 256
+# Training fields that change how fast or how observably a run goes, not what it trains.
+RESOURCE_FIELDS = {"cpus_per_worker", "checkpoint_every", "log_every"}
+METRIC_COLUMNS = ("step", "phase", "epoch", "loss", "lr", "vision_lr", "grad_norm", "samples", "tokens",
+                  "samples_per_s", "tokens_per_s", "elapsed_s", "truncated", "dropped", "data_crc")
+
+# The vision encoder's parameters per family (full names); the projector counts with the language model, as in the
+# paper's recipes (LLaVA: vision tower 2e-6, projector and LLM 2e-5). Qwen2-VL's projector is the merger inside `visual`.
+VISION_ENCODER = {
+    "qwen2-vl": re.compile(r"(^|\.)visual\.(?!merger\.)"),
+    "llava-llama3": re.compile(r"(^|\.)vision_tower\."),
+    "mllama": re.compile(r"(^|\.)vision_model\."),
+}
+
+
+# ------------------------------------------------------------------------------------------------------------ the plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """A stretch of training over one data set: `steps` optimizer steps starting at global step `start`."""
+
+    name: str
+    examples: int
+    steps: int
+    start: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    phases: tuple[Phase, ...]
+    accumulation: int  # micro-batches per worker per optimizer step
+    warmup_ratio: float
+
+    @property
+    def total_steps(self) -> int:
+        return self.phases[-1].end
+
+    def phase_of(self, step: int) -> Phase:
+        return next((phase for phase in self.phases if step < phase.end), self.phases[-1])
+
+
+def plan_training(counts: dict[str, int], training: TrainingConfig, num_workers: int) -> Plan:
+    """Steps per phase: whole global batches per epoch times the epochs, or `max_steps` shared among the phases in
+    proportion to their size. A last partial batch is left out, so every worker always has a full step."""
+    per_epoch = {name: examples // training.global_batch_size for name, examples in counts.items()}
+    for name, steps in per_epoch.items():
+        if steps == 0:
+            raise ConfigError(f"training.global_batch_size: phase {name!r} has {counts[name]} examples, fewer than "
+                              f"one global batch ({training.global_batch_size})")
+    if training.max_steps:
+        total = sum(per_epoch.values())
+        steps = [training.max_steps * size // total for size in per_epoch.values()]
+        steps[-1] += training.max_steps - sum(steps)
+    else:
+        steps = [size * training.epochs for size in per_epoch.values()]
+    phases, start = [], 0
+    for (name, examples), count in zip(counts.items(), steps):
+        phases.append(Phase(name, examples, count, start))
+        start += count
+    accumulation = training.global_batch_size // (num_workers * training.micro_batch_size)
+    return Plan(tuple(phases), accumulation, training.warmup_ratio)
+
+
+def lr_multiplier(step: int, plan: Plan) -> float:
+    """Share of the peak learning rate for optimizer step `step` (0-based): in each phase a linear warm-up over
+    `warmup_ratio` of its steps, then cosine decay towards 0 (each phase of two-stage training has its own)."""
+    phase = plan.phase_of(step)
+    done = step - phase.start
+    warmup = math.ceil(plan.warmup_ratio * phase.steps)
+    if done < warmup:
+        return (done + 1) / warmup
+    progress = min(1.0, (done - warmup) / max(1, phase.steps - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ------------------------------------------------------------------------------------------ optimizer and DeepSpeed
+
+
+def parameter_groups(model: torch.nn.Module, training: TrainingConfig) -> list[dict[str, Any]]:
+    """AdamW groups: vision encoder vs projector + language model (own learning rates), and within each, weights
+    (decayed) vs biases and norm scales (not decayed, the usual AdamW practice)."""
+    vision = VISION_ENCODER.get(training.family)
+    learning_rates = {"vision": training.vision_learning_rate or training.learning_rate,
+                      "language": training.learning_rate}
+    grouped: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        part = "vision" if vision is not None and vision.search(name) else "language"
+        decayed = parameter.ndim >= 2
+        grouped.setdefault((part, decayed), []).append(parameter)
+    return [
+        {"params": params, "lr": learning_rates[part], "weight_decay": training.weight_decay if decayed else 0.0,
+         "part": part}
+        for (part, decayed), params in grouped.items()
+    ]
+
+
+def deepspeed_config(training: TrainingConfig, num_workers: int) -> dict[str, Any]:
+    """The JSON's ZeRO, clipping and communication settings, with batch sizes, precision and the optimizer from the
+    training section (the learning rate schedule is ours: see lr_multiplier)."""
+    with fsspec.open(training.deepspeed_config) as file:
+        config = json.load(file)
+    config.update(
+        train_batch_size=training.global_batch_size,
+        train_micro_batch_size_per_gpu=training.micro_batch_size,
+        gradient_accumulation_steps=training.global_batch_size // (num_workers * training.micro_batch_size),
+        bf16={"enabled": training.precision == "bf16"},
+        fp16={"enabled": False},
+        optimizer={
+            "type": "AdamW",
+            "params": {
+                "lr": training.learning_rate,
+                "betas": [0.9, 0.999],
+                "eps": 1e-8,
+                "weight_decay": training.weight_decay,
+                # On CPU workers: torch's AdamW instead of DeepSpeed's fused Adam, which would JIT-compile a kernel.
+                "torch_adam": not training.use_gpu,
+            },
+        },
+    )
+    return config
+
+
+# -------------------------------------------------------------------------------------------------- worker state
+
+
+@dataclasses.dataclass
+class Position:
+    """Where a worker stands: optimizer steps done, and in the current phase its epoch and micro-batches read."""
+
+    step: int = 0
+    phase: int = 0
+    epoch: int = 0
+    batches: int = 0
+
+
+def position_file(rank: int) -> str:
+    return f"position-rank{rank}.json"
+
+
+class MetricsLog:
+    """metrics.csv, written by rank 0. On resume the rows after the checkpoint's step are dropped first, since those
+    steps are trained again."""
+
+    def __init__(self, url: str, resume_step: int):
+        self.fs, self.path = fsspec.core.url_to_fs(url)
+        rows = [row for row in read_metrics(url) if int(row["step"]) <= resume_step] if resume_step else []
+        self.rows = rows
+        self._write_all()
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if isinstance(self.fs, LocalFileSystem):
+            with self.fs.open(self.path, "a") as file:
+                csv.DictWriter(file, METRIC_COLUMNS).writerow(row)
+        else:  # object stores cannot append: rewrite the (small) file
+            self._write_all()
+
+    def _write_all(self) -> None:
+        self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
+        with self.fs.open(self.path, "w") as file:
+            writer = csv.DictWriter(file, METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+
+def read_metrics(url: str) -> list[dict[str, str]]:
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        return []
+    with fs.open(path, "r") as file:
+        return list(csv.DictReader(file))
+
+
+@dataclasses.dataclass
+class Interval:
+    """What happened since the last metrics row (rank 0 sums the all-reduced numbers of each step)."""
+
+    started: float
+    steps: int = 0
+    loss: float = 0.0
+    samples: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    crc: int = 0
+
+
+# ---------------------------------------------------------------------------------------------------- the recipe
+
+
+class Recipe:
+    """What one Ray Train worker does: set up, restore, train the phases, checkpoint, export."""
+
+    def __init__(self, args: dict[str, Any]):
+        self.config: RunConfig = args["config"]
+        self.training: TrainingConfig = self.config.training
+        self.plan: Plan = args["plan"]
+        self.out: str = args["out"]
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        torch.manual_seed(self.training.seed)
+        self.processor = load_processor(self.training.model, trust_remote_code=self.training.trust_remote_code)
+        self.collator = Collator(self.processor, self.training.family, self.training.max_length)
+        self.engine, self.parts = self._build_engine()
+        self.device = self.engine.device
+        self.dtype = torch.bfloat16 if self.training.precision == "bf16" else torch.float32
+        self.position = self._restore()
+        self.checkpointed_step = self.position.step
+        self.log = MetricsLog(f"{self.out}/{METRICS_FILE}", self.position.step) if self.rank == 0 else None
+        self.started = time.perf_counter()
+        self.interval = Interval(self.started)
+
+    def _build_engine(self):
+        import deepspeed
+
+        # Each worker loads the whole model and deepspeed.initialize partitions it (ZeRO-3: the weights too).
+        # Partitioning while loading (transformers' HfDeepSpeedConfig + zero.Init) needs `accelerate`, which this
+        # environment does not have.
+        dtype = "bfloat16" if self.training.precision == "bf16" else "float32"
+        model = load_model(self.training.model, "image-text-to-text", dtype=dtype,
+                           trust_remote_code=self.training.trust_remote_code).train()
+        model.config.use_cache = False  # a KV cache is useless in training and conflicts with checkpointing
+        if self.training.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        groups = parameter_groups(model, self.training)
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=groups,
+            config=deepspeed_config(self.training, self.world_size),
+            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: lr_multiplier(step, self.plan)),
+        )
+        return engine, [group["part"] for group in groups]
+
+    def _restore(self) -> Position:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return Position()
+        with checkpoint.as_directory() as folder:
+            self.engine.load_checkpoint(folder, tag=DEEPSPEED_TAG)
+            position = Position(**json.loads(Path(folder, position_file(self.rank)).read_text()))
+        self._say(f"resumed from the checkpoint of step {position.step}")
+        return position
+
+    # ------------------------------------------------------------------------------------------------ training
+
+    def run(self) -> None:
+        for index, phase in enumerate(self.plan.phases):
+            if self.position.phase < index:
+                self.position = Position(step=self.position.step, phase=index)
+            if self.position.phase == index:
+                self._train_phase(phase)
+        if self.position.step != self.checkpointed_step:
+            self._checkpoint()
+        self._export()
+
+    def _train_phase(self, phase: Phase) -> None:
+        shard = ray.train.get_dataset_shard(phase.name)
+        while self.position.step < phase.end:
+            fresh_epoch, step_before = self.position.batches == 0, self.position.step
+            if self._train_epoch(shard, phase):
+                return
+            if fresh_epoch and self.position.step == step_before:
+                self._say(f"phase {phase.name}: a whole epoch gave no usable step (every example dropped?); "
+                          f"ending the phase at step {self.position.step} of {phase.end}")
+                return
+            self.position.epoch += 1
+            self.position.batches = 0
+
+    def _train_epoch(self, shard, phase: Phase) -> bool:
+        """Train until the phase's last step (True) or until some worker runs out of data in this epoch (False)."""
+        batches = self._epoch_batches(shard)
+        while self.position.step < phase.end:
+            started = time.perf_counter()
+            step = self._next_step(batches)
+            if not self._every_worker(step is not None):
+                return False
+            self._step(*step, phase=phase, started=started)
+        return True
+
+    def _epoch_batches(self, shard) -> Iterator[list[dict[str, Any]]]:
+        """This worker's micro-batches of rows for the current epoch, after those it had already consumed."""
+        batches = shard.iter_batches(
+            batch_size=self.training.micro_batch_size,
+            batch_format="pyarrow",
+            local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
+            local_shuffle_seed=self.training.seed + self.position.epoch,
+        )
+        for batch in itertools.islice(batches, self.position.batches, None):
+            yield batch.to_pylist()
+
+    def _next_step(self, batches: Iterator[list[dict[str, Any]]]) -> tuple[list[dict], list[str]] | None:
+        """The collated micro-batches of one optimizer step and the ids they came from; None if the epoch ran out."""
+        micro_batches, ids = [], []
+        for rows in batches:
+            self.position.batches += 1
+            ids += [row["id"] for row in rows]
+            batch = self.collator(rows)
+            if batch is not None:
+                micro_batches.append(batch)
+            if len(micro_batches) == self.plan.accumulation:
+                return micro_batches, ids
+        return None
+
+    def _every_worker(self, ready: bool) -> bool:
+        """Whether all workers have a full step: a step that some worker cannot fill is skipped by all of them,
+        since a collective that only some workers enter never returns."""
+        flag = torch.tensor([int(ready)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def _step(self, micro_batches: list[dict], ids: list[str], phase: Phase, started: float) -> None:
+        loss_sum, tokens, samples = 0.0, 0, 0
+        for batch in micro_batches:
+            batch = {key: self._to_device(value) for key, value in batch.items()}
+            loss = self.engine(**batch).loss
+            self.engine.backward(loss)  # DeepSpeed scales by 1/accumulation and reduces at the step boundary
+            self.engine.step()
+            loss_sum += loss.item()
+            tokens += int(batch["attention_mask"].sum())
+            samples += batch["input_ids"].shape[0]
+        self.position.step += 1
+        counts, self.collator.counts = self.collator.counts, Counter()
+        dropped = sum(counts[reason] for reason in DROP_REASONS)
+        crc = zlib.crc32("\n".join(ids).encode())
+        totals = self._sum_over_workers([loss_sum, len(micro_batches), tokens, samples, counts[TRUNCATED], dropped,
+                                         crc])
+        self._account(totals)
+        step = self.position.step
+        due_checkpoint = step % self.training.checkpoint_every == 0 and step < self.plan.total_steps
+        if step % self.training.log_every == 0 or due_checkpoint or step in (phase.end, self.plan.total_steps):
+            self._write_metrics(phase)
+        if due_checkpoint:
+            self._checkpoint()
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self.device)
+        return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
+
+    def _sum_over_workers(self, values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def _account(self, totals: list[float]) -> None:
+        loss_sum, micro_batches, tokens, samples, truncated, dropped, crc = totals
+        interval = self.interval
+        interval.steps += 1
+        interval.loss += loss_sum / micro_batches
+        interval.tokens += int(tokens)
+        interval.samples += int(samples)
+        interval.truncated += int(truncated)
+        interval.dropped += int(dropped)
+        interval.crc = (interval.crc + int(crc)) % 2**32
+
+    def _write_metrics(self, phase: Phase) -> None:
+        interval, now = self.interval, time.perf_counter()
+        self.interval = Interval(now)
+        if self.rank != 0:
+            return
+        seconds = max(now - interval.started, 1e-9)
+        rates = dict(zip(self.parts, self.engine.get_lr()))
+        grad_norm = self.engine.get_global_grad_norm()
+        row = {
+            "step": self.position.step,
+            "phase": phase.name,
+            "epoch": self.position.epoch,
+            "loss": round(interval.loss / interval.steps, 6),
+            "lr": rates.get("language"),
+            "vision_lr": rates.get("vision"),
+            "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
+            "samples": interval.samples,
+            "tokens": interval.tokens,
+            "samples_per_s": round(interval.samples / seconds, 3),
+            "tokens_per_s": round(interval.tokens / seconds, 1),
+            "elapsed_s": round(now - self.started, 2),
+            "truncated": interval.truncated,
+            "dropped": interval.dropped,
+            "data_crc": interval.crc,
+        }
+        self.log.append(row)
+        self._say(f"step {row['step']}/{self.plan.total_steps} [{phase.name}] loss {row['loss']:.4f} "
+                  f"lr {row['lr']:.3g} tokens/s {row['tokens_per_s']:.0f} samples/s {row['samples_per_s']:.2f}")
+
+    # ------------------------------------------------------------------------------------------- save and export
+
+    def _checkpoint(self) -> None:
+        """Every worker writes its DeepSpeed files and data position; Ray Train merges them into one checkpoint."""
+        with tempfile.TemporaryDirectory(prefix="adapt-checkpoint-") as folder:
+            self.engine.save_checkpoint(folder, tag=DEEPSPEED_TAG)
+            Path(folder, position_file(self.rank)).write_text(json.dumps(dataclasses.asdict(self.position)))
+            metrics = {"step": self.position.step, "phase": self.position.phase, "epoch": self.position.epoch}
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        self.checkpointed_step = self.position.step
+
+    def _export(self) -> None:
+        weights = gather_weights(self.engine, self.rank)
+        if self.rank == 0:
+            save_model_folder(self.engine.module, weights, self.processor, f"{self.out}/{MODEL_DIR}")
+            self._say(f"exported the model to {self.out}/{MODEL_DIR}")
+
+    def _say(self, message: str) -> None:
+        # Not print(): Ray Train patches it to log and also echo to the worker's stdout, so every line came out twice.
+        if self.rank == 0:
+            sys.stdout.write(f"training: {message}\n")
+            sys.stdout.flush()
+
+
+def train_loop_per_worker(args: dict[str, Any]) -> None:
+    Recipe(args).run()
+
+
+# ---------------------------------------------------------------------------------------------- the two recipes' data
+
+
+def _read_options(url: str) -> dict[str, Any]:
+    """Ray Data's filesystem argument for a path or fsspec URL (Ray reads local paths and s3/gs natively)."""
+    if not is_url(url):
+        return {"paths": url}
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = fsspec.core.url_to_fs(url)
+    return {"paths": path, "filesystem": PyFileSystem(FSSpecHandler(fs))}
+
+
+def _parquet_column(url: str, column: str) -> list[Any]:
+    fs, path = fsspec.core.url_to_fs(url)
+    return pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=[column]).column(column).to_pylist()
+
+
+def read_llama_factory(url: str) -> list[dict[str, Any]]:
+    """Rows of a LLaMA-Factory ShareGPT JSON (role/content messages, as `adapt export` writes it); image paths resolve
+    against the JSON file's folder, as LLaMA-Factory resolves them against its dataset_dir."""
+    fs, path = fsspec.core.url_to_fs(url)
+    with fs.open(path) as file:
+        records = json.load(file)
+    base = url.rsplit("/", 1)[0]
+    return [
+        {"id": str(record.get("id") or f"record-{index:09d}"), "messages": record["messages"],
+         "images": [image if is_url(image) or image.startswith("/") else f"{base}/{image}"
+                    for image in record.get("images") or []]}
+        for index, record in enumerate(records)
+    ]
+
+
+def _load_image_files(row: dict[str, Any]) -> dict[str, Any]:
+    images = []
+    for ref in row["images"]:
+        with fsspec.open(ref, "rb") as file:
+            images.append(file.read())
+    return {**row, "images": images}
+
+
+def target_phases(training: TrainingConfig, dataset: str, seed: int) -> tuple[dict[str, Any], dict[str, int]]:
+    """Post-training data: the instruction set expanded by the mixture's phases, and each phase's example count."""
+    if training.dataset_format == "parquet":
+        kinds = _parquet_column(dataset, "kind")
+        rows = ray.data.read_parquet(**_read_options(dataset), columns=["id", "images", "messages"],
+                                     shuffle=FileShuffleConfig(seed=seed, reseed_after_execution=False))
+    else:
+        records = read_llama_factory(dataset)
+        kinds = [mixture.example_kind(record | {"images": [None] * len(record["images"])}) for record in records]
+        random.Random(seed).shuffle(records)  # the file's own order, seeded: it is read as one block
+        rows = ray.data.from_items(records).map(_load_image_files)
+    counts = mixture.phase_counts(kinds, training.mixture)
+    datasets = {name: rows.flat_map(expand, fn_kwargs={"seed": seed}) for name, expand in
+                mixture.phases(training.mixture)}
+    return datasets, counts
+
+
+def synthesizer_phases(training: TrainingConfig, dataset: str, seed: int) -> tuple[dict[str, Any], dict[str, int]]:
+    """Synthesizer tuning data: one conversation per seed-task row."""
+    fs, path = fsspec.core.url_to_fs(dataset)
+    count = pads.dataset(path, filesystem=fs, format="parquet").count_rows()
+    rows = ray.data.read_parquet(**_read_options(dataset), columns=["id", "image", "caption", "tasks"],
+                                 shuffle=FileShuffleConfig(seed=seed, reseed_after_execution=False))
+    conversations = rows.flat_map(mixture.synthesizer_conversation,
+                                  fn_kwargs={"seed": seed, "blank_image_fraction": training.blank_image_fraction})
+    return {mixture.SYNTHESIZER_PHASE: conversations}, {mixture.SYNTHESIZER_PHASE: count}
+
+
+# ------------------------------------------------------------------------------------------------------ the driver
+
+
+def training_fingerprint(config: RunConfig) -> str:
+    """What decides a training run's result: the training section (less its resource fields) and the seed."""
+    section = config.model_dump(mode="json", include={"training"})["training"]
+    section = {key: value for key, value in section.items() if key not in RESOURCE_FIELDS}
+    return hashlib.sha256(json.dumps({"seed": config.seed, "training": section}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class TrainingStage:
+    """One training run in `{output_dir}/training`: train (or resume), export, write manifest.json."""
+
+    def __init__(self, config: RunConfig):
+        if config.training is None:
+            raise ConfigError("training: the config has no training section")
+        self.fingerprint = training_fingerprint(config)  # of the config as written: stable if the folder moves
+        self.config = config = config.with_absolute_paths()
+        self.training = config.training
+        self.out = f"{config.output_dir.rstrip('/')}/training"
+        self.fs, self.fs_out = fsspec.core.url_to_fs(self.out)
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.fs_out, *parts])
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        if not self.fs.exists(self._path("manifest.json")):
+            return None
+        with self.fs.open(self._path("manifest.json")) as file:
+            return json.load(file)
+
+    def dataset(self) -> str:
+        """The training data's location; by default the run's instruction set (post-training only)."""
+        training = self.training
+        if training.dataset is None and training.task == "synthesizer":
+            raise ConfigError("training.dataset: synthesizer tuning needs a seed-task Parquet set (SEED_TASK_SCHEMA)")
+        dataset = training.dataset or f"{self.config.output_dir.rstrip('/')}/synthesis/instructions"
+        fs, path = fsspec.core.url_to_fs(dataset)
+        if not fs.exists(path):
+            hint = "" if training.dataset else " (run `adapt synthesize` first, or set training.dataset)"
+            raise ConfigError(f"training.dataset: {dataset} does not exist{hint}")
+        return dataset
+
+    def _claim_output_dir(self) -> None:
+        """Refuse to resume another config's checkpoints: they would silently continue a different training."""
+        marker = self._path("run.json")
+        if self.fs.exists(marker):
+            with self.fs.open(marker) as file:
+                recorded = json.load(file)["fingerprint"]
+            if recorded != self.fingerprint:
+                raise ConfigError(
+                    f"output_dir: {self.out} holds a training run of another config (fingerprint {recorded}, this "
+                    f"config {self.fingerprint}); choose another output_dir or delete that folder"
+                )
+            return
+        self.fs.makedirs(self.fs_out, exist_ok=True)
+        with self.fs.open(marker, "w") as file:
+            json.dump({"fingerprint": self.fingerprint}, file)
+
+    def run(self) -> dict[str, Any]:
+        manifest = self.read_manifest()
+        if manifest and manifest.get("fingerprint") == self.fingerprint:
+            print(f"training: already complete in {self.out} ({manifest['steps']} steps); skipping", file=sys.stderr)
+            return manifest
+        dataset = self.dataset()
+        self._claim_output_dir()
+        training = self.training
+        with ray_session(self.config.cluster):
+            started = time.monotonic()
+            recipe_data = synthesizer_phases if training.task == "synthesizer" else target_phases
+            datasets, counts = recipe_data(training, dataset, self.config.seed)
+            plan = plan_training(counts, training, training.num_workers)
+            print(f"training: {training.task} on {dataset}: " + ", ".join(
+                f"{phase.name} {phase.examples} examples / {phase.steps} steps" for phase in plan.phases),
+                file=sys.stderr)
+            self._trainer(datasets, plan).fit()
+            seconds = time.monotonic() - started
+        manifest = self._manifest(dataset, plan, seconds)
+        with self.fs.open(self._path("manifest.json"), "w") as file:
+            json.dump(manifest, file, indent=2)
+        print(f"training: {manifest['steps']} steps in {seconds:.1f} s, final loss {manifest['final_loss']}; "
+              f"model in {manifest['model']}", file=sys.stderr)
+        return manifest
+
+    def _trainer(self, datasets: dict[str, Any], plan: Plan) -> TorchTrainer:
+        training = self.training
+        ingest = ray.train.DataConfig.default_ingest_options()
+        ingest.preserve_order = True  # a deterministic order is what makes the resumed data position exact
+        storage = _read_options(self.out)
+        for dataset in datasets.values():
+            dataset.context.enable_progress_bars = False  # one bar per epoch and worker drowns the metric lines
+        return TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"config": self.config, "plan": plan, "out": self.out},
+            scaling_config=ray.train.ScalingConfig(num_workers=training.num_workers, use_gpu=training.use_gpu,
+                                                   resources_per_worker={"CPU": training.cpus_per_worker}),
+            run_config=ray.train.RunConfig(
+                name=CHECKPOINTS_DIR,
+                storage_path=storage["paths"],
+                storage_filesystem=storage.get("filesystem"),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            ),
+            datasets=datasets,
+            dataset_config=ray.train.DataConfig(execution_options=ingest),
+        )
+
+    def _manifest(self, dataset: str, plan: Plan, seconds: float) -> dict[str, Any]:
+        rows = read_metrics(f"{self.out}/{METRICS_FILE}")
+        return {
+            "status": "complete",
+            "fingerprint": self.fingerprint,
+            "config_fingerprint": self.config.fingerprint(),
+            "task": self.training.task,
+            "mixture": self.training.mixture if self.training.task == "target" else None,
+            "base_model": self.training.model,
+            "dataset": dataset,
+            "model": f"{self.out}/{MODEL_DIR}",
+            "metrics": f"{self.out}/{METRICS_FILE}",
+            "phases": [dataclasses.asdict(phase) for phase in plan.phases],
+            "planned_steps": plan.total_steps,
+            "steps": int(rows[-1]["step"]) if rows else 0,
+            "final_loss": float(rows[-1]["loss"]) if rows else None,
+            "truncated": sum(int(row["truncated"]) for row in rows),
+            "dropped": sum(int(row["dropped"]) for row in rows),
+            "num_workers": self.training.num_workers,
+            "timings_s": {"train": round(seconds, 2)},
+        }
+
+
+def run_training(config: RunConfig) -> dict[str, Any]:
+    """`adapt train`: train (or resume, or skip when complete) and return the manifest."""
+    return TrainingStage(config).run()

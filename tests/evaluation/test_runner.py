@@ -1,0 +1,166 @@
+"""The evaluation stage end to end: two tiny models on a small demo benchmark, Ray Data + vLLM's CPU build; a killed
+evaluation resumes. The model-selection and config checks at the top run without Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from engine.config import ConfigError, load_config
+from engine.evaluation.runner import EvaluationStage, models_to_score, run_evaluation
+from engine.evaluation.score_file import score_file
+from tests.conftest import REPO_ROOT, load_tool
+
+BENCHMARK_ROWS = 12
+RESUME_ROWS = 40
+# The brief's CPU engine: small KV cache, eager, half a CPU per actor.
+ENGINE = {"dtype": "float32", "kv_cache_gib": 0.0625, "enforce_eager": True, "num_cpus": 0.5}
+
+
+@pytest.fixture(scope="module")
+def demo_benchmark(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo-data")
+    args = ["--out", str(out), "--train", "0", "--benchmark", str(RESUME_ROWS), "--seed-tasks", "0", "--no-real"]
+    assert load_tool("make_demo_data").main(args) == 0
+    return out / "benchmark" / "demo_vqa.parquet"
+
+
+@pytest.fixture(scope="module")
+def second_model(tmp_path_factory) -> Path:
+    """The tiny model rebuilt with another seed: a stand-in for an adapted model (other weights, same family)."""
+    tiny = load_tool("make_tiny_models")
+    out = tmp_path_factory.mktemp("seed-1")
+    return tiny.build_model(tiny.TINY_MODELS[0], out, seed=1).path
+
+
+def demo_config(benchmark: Path, models_dir: Path, output_dir: Path, limit: int = BENCHMARK_ROWS,
+                extra: dict[str, str] | None = None):
+    """configs/demo.yaml pointed at test-built data and models, with the brief's CPU engine settings."""
+    vlm = models_dir / "tiny-qwen2-vl"
+    overrides = [
+        f"output_dir={output_dir}",
+        f"data.path={benchmark.parent}",
+        f"synthesis.engine.model={vlm}",
+        f"filter.engine.model={models_dir / 'tiny-text-llm'}",
+        f"training.model={vlm}",
+        f"training.deepspeed_config={REPO_ROOT / 'configs/deepspeed/zero2.json'}",
+        f"evaluation.engine.model={vlm}",
+        f"evaluation.benchmarks=[{{task: demo_vqa, path: {benchmark}, limit: {limit}}}]",
+        *(f"evaluation.engine.{key}={json.dumps(value)}" for key, value in ENGINE.items()),
+        *(f"evaluation.models.{name}={path}" for name, path in (extra or {}).items()),
+    ]
+    return load_config(REPO_ROOT / "configs/demo.yaml", overrides)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Without Ray
+
+
+def test_models_to_score(demo_benchmark, tiny_model_dir, tmp_path):
+    config = demo_config(demo_benchmark, tiny_model_dir, tmp_path / "run", extra={"other": str(tiny_model_dir)})
+    assert models_to_score(config) == {"base": str(tiny_model_dir / "tiny-qwen2-vl"), "other": str(tiny_model_dir)}
+    adapted = tmp_path / "run" / "training" / "model"
+    adapted.mkdir(parents=True)
+    assert "adapted" not in models_to_score(config)  # an unfinished training folder is not a model yet
+    (adapted / "config.json").write_text("{}")
+    assert models_to_score(config)["adapted"] == str(adapted)
+
+
+def test_stage_refuses_bad_settings(demo_benchmark, tiny_model_dir, tmp_path):
+    config = demo_config(demo_benchmark, tiny_model_dir, tmp_path / "run")
+    with pytest.raises(ConfigError, match="not a usable name"):
+        EvaluationStage(config, models={"../x": "org/model"})
+    broken = config.model_copy(deep=True)
+    broken.evaluation.benchmarks[0].task = "mmmu"
+    with pytest.raises(ConfigError, match="unknown task 'mmmu'"):
+        EvaluationStage(broken)
+    broken = config.model_copy(deep=True)
+    broken.evaluation.engine.family = "text"
+    with pytest.raises(ConfigError, match="not an image-text family"):
+        EvaluationStage(broken)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# On Ray with vLLM's CPU build
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_models_on_the_demo_benchmark(ray_cluster, demo_benchmark, tiny_model_dir, second_model, tmp_path):
+    run = tmp_path / "run"
+    config = demo_config(demo_benchmark, tiny_model_dir, run, extra={"adapted": str(second_model)})
+    report = run_evaluation(config)
+
+    evaluation = run / "evaluation"
+    assert list(report) == ["base", "adapted"]
+    for scores in (report["base"]["demo_vqa"], report["adapted"]["demo_vqa"]):
+        assert scores["n"] == BENCHMARK_ROWS and scores["n_open"] + scores["n_closed"] == BENCHMARK_ROWS
+        assert 0 <= scores["open_recall"] <= 100 and 0 <= scores["closed_accuracy"] <= 100
+    assert json.loads((evaluation / "report.json").read_text()) == report
+    assert "| Demo VQA | closed_accuracy |" in (evaluation / "report.md").read_text()
+    assert "Δ adapted vs base" in (evaluation / "report.md").read_text()
+    assert (evaluation / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+    for model in ("base", "adapted"):
+        predictions = evaluation / "predictions" / model / "demo_vqa"
+        rows = pq.read_table(predictions).to_pylist()
+        assert sorted(row["example_index"] for row in rows) == list(range(BENCHMARK_ROWS))
+        assert all(row["prediction"] is not None and row["error"] is None for row in rows)
+        assert all(row["prompt"].startswith("<|im_start|>system") for row in rows)
+        assert score_file("demo_vqa", str(predictions)) == report[model]["demo_vqa"]  # `adapt score` round trip
+    manifest = json.loads((evaluation / "manifest.json").read_text())
+    assert manifest["models"] == {"base": str(tiny_model_dir / "tiny-qwen2-vl"), "adapted": str(second_model)}
+    assert manifest["predictions"]["base"]["demo_vqa"]["rows"] == BENCHMARK_ROWS
+
+    started = time.monotonic()
+    assert run_evaluation(config) == report  # complete: re-reported from the files, no inference
+    assert time.monotonic() - started < 10
+    skipped = json.loads((evaluation / "manifest.json").read_text())["predictions"]
+    assert skipped["base"]["demo_vqa"]["skipped"] and skipped["adapted"]["demo_vqa"]["skipped"]
+
+
+def committed_checkpoints(run: Path) -> list[Path]:
+    folder = run / "evaluation" / "_checkpoint" / "base" / "demo_vqa"
+    return [p for p in folder.glob("*.parquet") if not p.name.endswith(".pending.parquet")] if folder.exists() else []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_killed_evaluation_resumes(demo_benchmark, tiny_model_dir, tmp_path):
+    run = tmp_path / "run"
+    config = demo_config(demo_benchmark, tiny_model_dir, run, limit=RESUME_ROWS).model_dump(mode="json")
+    config["cluster"] = {"num_cpus": 4, "temp_dir": f"/tmp/ray-eval-resume-{os.getpid()}"}
+    config["evaluation"]["engine"]["batch_size"] = 2
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-c", "import sys; from engine.config import load_config; "
+               "from engine.evaluation.runner import run_evaluation; run_evaluation(load_config(sys.argv[1]))",
+               str(path)]
+
+    # Its own process group: killing the group stops exactly the Ray this driver started.
+    first = subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not committed_checkpoints(run) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (run / "evaluation" / "report.json").exists(), "the evaluation finished before it could be killed"
+    done_before = sum(pq.read_metadata(p).num_rows for p in committed_checkpoints(run))
+    assert 0 < done_before < RESUME_ROWS
+
+    second = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    ids = pq.read_table(run / "evaluation" / "predictions" / "base" / "demo_vqa").column("example_id").to_pylist()
+    assert len(ids) == len(set(ids)) == RESUME_ROWS
+    report = json.loads((run / "evaluation" / "report.json").read_text())
+    assert report["base"]["demo_vqa"]["n"] == RESUME_ROWS
