@@ -235,9 +235,9 @@ class TrainingConfig(Section):
     vision_learning_rate: float | None = Field(
         None, gt=0, description="Peak learning rate of the vision encoder (default: learning_rate)."
     )
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear warm-up before cosine decay.")
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1, description="Passes over the instruction set (the paper: 1).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     global_batch_size: int = Field(128, ge=1, description="Examples per optimizer step across all workers.")
     micro_batch_size: int = Field(1, ge=1, description="Examples per worker per forward pass.")
@@ -248,7 +248,7 @@ class TrainingConfig(Section):
     blank_image_fraction: float = Field(
         0.1, ge=0, le=1, description="Synthesizer tuning: share of images replaced by a blank image."
     )
-    seed: int = Field(0)
+    seed: int = Field(0, description="Seed of the mixture order, blank images and weight init of new layers.")
 
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:
@@ -296,12 +296,14 @@ class RunConfig(Section):
 
     output_dir: str = Field(description="Run directory (local path or fsspec URL); one sub-folder per stage.")
     seed: int = Field(0, description="Global seed.")
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
-    data: DataConfig
-    synthesis: SynthesisConfig
-    filter: FilterConfig = Field(default_factory=FilterConfig)
-    training: TrainingConfig | None = None
-    evaluation: EvaluationConfig | None = None
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Where Ray runs.")
+    data: DataConfig = Field(description="The image-caption data set.")
+    synthesis: SynthesisConfig = Field(description="How tasks are synthesized from each pair.")
+    filter: FilterConfig = Field(description="The consistency filter over synthesized tasks.")
+    training: TrainingConfig | None = Field(None, description="Post-training (needed by `adapt train` and `run`).")
+    evaluation: EvaluationConfig | None = Field(
+        None, description="Benchmarks and inference settings (needed by `adapt evaluate` and `run`)."
+    )
 
     def with_absolute_paths(self) -> RunConfig:
         """The same config with every local path absolute, as stage drivers hand it to Ray workers."""

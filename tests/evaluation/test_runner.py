@@ -21,7 +21,7 @@ from engine.evaluation.score_file import score_file
 from tests.conftest import REPO_ROOT, load_tool
 
 BENCHMARK_ROWS = 12
-RESUME_ROWS = 40
+RESUME_ROWS = 24
 # The brief's CPU engine: small KV cache, eager, half a CPU per actor.
 ENGINE = {"dtype": "float32", "kv_cache_gib": 0.0625, "enforce_eager": True, "num_cpus": 0.5}
 
@@ -139,7 +139,7 @@ def test_killed_evaluation_resumes(demo_benchmark, tiny_model_dir, tmp_path):
     run = tmp_path / "run"
     config = demo_config(demo_benchmark, tiny_model_dir, run, limit=RESUME_ROWS).model_dump(mode="json")
     config["cluster"] = {"num_cpus": 4, "temp_dir": f"/tmp/ray-eval-resume-{os.getpid()}"}
-    config["evaluation"]["engine"]["batch_size"] = 2
+    config["evaluation"]["engine"]["batch_size"] = 4
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-c", "import sys; from engine.config import load_config; "
