@@ -143,6 +143,7 @@ class SynthesisStage:
         except FileNotFoundError as err:
             raise ConfigError(f"data.path: {err}") from None
         with ray_session(self.config.cluster):
+            done_before = self._committed_rows()
             started = time.monotonic()
             context = ray.data.DataContext.get_current()
             context.checkpoint_config = CheckpointConfig(
@@ -154,11 +155,18 @@ class SynthesisStage:
                 context.checkpoint_config = None
             streamed = time.monotonic()
             manifest = self.finalize(shards)
+        manifest["rows_processed_this_run"] = manifest["rows_in"] - done_before  # the rest came from a killed run
         manifest["timings_s"] = {"stream": round(streamed - started, 2),
                                  "finalize": round(time.monotonic() - streamed, 2)}
         self._write_manifest(manifest)
         print(self.summary(manifest), file=sys.stderr)
         return manifest
+
+    def _committed_rows(self) -> int:
+        """Rows a killed earlier run finished (Ray Data's committed checkpoint files; pending ones are rolled back)."""
+        files = [path for path in self.fs.glob(f"{self.fs_out}/{CHECKPOINT_DIR}/*.parquet")
+                 if not path.endswith(".pending.parquet")]
+        return sum(pq.read_metadata(path, filesystem=self.fs).num_rows for path in files)
 
     def finalize(self, shards: list[str]) -> dict[str, Any]:
         rows_dir = f"{self.fs_out}/{ROWS_DIR}"
@@ -198,9 +206,11 @@ class SynthesisStage:
     @staticmethod
     def summary(manifest: dict[str, Any]) -> str:
         stream_s = manifest["timings_s"]["stream"] or 1e-9
+        processed = manifest["rows_processed_this_run"]
+        resumed = f" (resumed: {manifest['rows_in'] - processed} done before)" if processed < manifest["rows_in"] else ""
         kept = manifest["tasks_kept"] / manifest["tasks_synthesized"] if manifest["tasks_synthesized"] else 0.0
         return (
-            f"synthesis: {manifest['rows_in']} rows in {stream_s:.1f} s ({manifest['rows_in'] / stream_s:.2f} rows/s); "
+            f"synthesis: {processed} rows in {stream_s:.1f} s ({processed / stream_s:.2f} rows/s){resumed}; "
             f"{manifest['rows_out']} examples, {sum(manifest['rows_quarantined'].values())} quarantined; "
             f"{manifest['tasks_synthesized']} tasks synthesized, {manifest['tasks_kept']} kept ({kept:.0%})"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -71,3 +72,5 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_model_dir)
     assert set(examples) == {f"pair-{i:05d}" for i in range(ROWS)}
     rows_written = pq.read_table(run / "synthesis" / "_rows").num_rows
     assert rows_written == ROWS  # the killed run's partial blocks were rolled back, none processed twice
+    manifest = json.loads((run / "synthesis" / "manifest.json").read_text())
+    assert manifest["rows_processed_this_run"] == ROWS - done_before
