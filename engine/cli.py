@@ -21,10 +21,6 @@ EXIT_NOT_BUILT = 3  # the verb's stage is not part of this version yet
 # Stages whose drivers land in later versions, with the issue that tracks them. A verb listed here validates its
 # config and then says plainly that it cannot run yet; it never prints made-up results.
 NOT_BUILT_YET = {
-    "train": "the training stage (issue 4)",
-    "evaluate": "the evaluation stage (issue 5)",
-    "score": "the evaluation stage (issue 5)",
-    "report": "the evaluation stage (issue 5)",
     "ablate": "the ablation grid (issue 6)",
 }
 
@@ -76,15 +72,67 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from engine.synthesis.pipeline import run_synthesis
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.training.loop import run_training
 
-    config = _load(args)
+    manifest = run_training(_require(_load(args), "training"))
+    print(json.dumps({key: manifest.get(key) for key in ("steps", "final_loss", "model")}))
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from engine.evaluation.runner import run_evaluation
+
+    print(json.dumps(run_evaluation(_require(_load(args), "evaluation")), indent=2))
+    return EXIT_OK
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from engine.evaluation.score_file import score_file
+
+    try:
+        scores = score_file(args.task, args.predictions, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"adapt score: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    print(json.dumps(scores, indent=2))
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from engine.evaluation.report import regenerate_report
+
+    if not (Path(args.run_dir) / "evaluation").is_dir():
+        print(f"adapt report: no evaluation/ in {args.run_dir} (run `adapt evaluate` first)", file=sys.stderr)
+        return EXIT_INVALID
+    print(json.dumps(regenerate_report(args.run_dir), indent=2))
+    print(f"adapt report: wrote {Path(args.run_dir) / 'evaluation'}/report.json, report.md, report.png", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """synthesize -> train -> evaluate (base and adapted) -> report; each stage skips itself when already complete."""
+    from engine.evaluation.runner import run_evaluation
+    from engine.synthesis.pipeline import run_synthesis
+    from engine.training.loop import run_training
+
+    config = _require(_require(_load(args), "training"), "evaluation")
     print(f"adapt run: config {args.config} is valid (fingerprint {config.fingerprint()})")
     print(f"adapt run: run directory {config.output_dir}")
     print("adapt run: stages: synthesize -> train -> evaluate (base and adapted) -> report")
     run_synthesis(config)
-    return _not_built("train")
+    run_training(config)
+    run_evaluation(config)
+    report = Path(config.with_absolute_paths().output_dir) / "evaluation" / "report.md"
+    if report.is_file():
+        print(report.read_text())
+    return EXIT_OK
+
+
+def _require(config: RunConfig, section: str) -> RunConfig:
+    if getattr(config, section) is None:
+        raise ConfigError(f"{section}: this verb needs a `{section}` section in the config")
+    return config
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,15 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     verb("synthesize", "Image-caption shards -> synthesizer -> consistency filter -> Parquet instruction set.",
          cmd_synthesize)
     verb("train", "Single-stage post-training (Ray Train + DeepSpeed); `training.task=synthesizer` tunes a synthesizer.",
-         cmd_stage)
-    verb("evaluate", "Score the base and adapted models on the domain's benchmarks; write the report.", cmd_stage)
+         cmd_train)
+    verb("evaluate", "Score the base and adapted models on the domain's benchmarks; write the report.", cmd_evaluate)
     verb("run", "synthesize -> train -> evaluate -> report in one run directory, skipping finished stages.", cmd_run)
     verb("ablate", "Run the paper's ablation grid (synthesizer, filter, single vs two stage) and tabulate it.",
          cmd_stage)
     verb("check-config", "Validate a config and print it resolved (defaults filled in). Exit 0 valid, 2 invalid.",
          cmd_check_config)
 
-    score = verb("score", "Score a JSONL predictions file made by any system on one task.", cmd_stage, config=False)
+    score = verb("score", "Score a JSONL predictions file made by any system on one task.", cmd_score, config=False)
     score.add_argument("--task", required=True, help="task name, e.g. slake, food101, recipe1m")
     score.add_argument("--predictions", required=True, help="JSONL with prediction, label (+ answer_type, options)")
     score.add_argument("--out", help="write the scores as JSON here too")
@@ -132,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--to", choices=["llama-factory", "hf-disk"], default="llama-factory")
     export.add_argument("--out", required=True, help="folder to write")
 
-    report = verb("report", "Regenerate report.json, report.md and report.png of a run directory.", cmd_stage,
+    report = verb("report", "Regenerate report.json, report.md and report.png of a run directory.", cmd_report,
                   config=False)
     report.add_argument("run_dir", help="a run directory (output_dir of a config)")
     return parser

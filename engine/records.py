@@ -80,7 +80,9 @@ BENCHMARK_SCHEMA = pa.schema(
     ]
 )
 
-# One model answer on one benchmark example, with its per-example scores as JSON text.
+# One model answer on one benchmark example, with its per-example scores as JSON text. `example_index` (the row's
+# position in the benchmark) seeds the multiple-choice fallback; `options` (JSON text) lets multiple-choice answers be
+# rescored without the benchmark; `error` says why a row has no prediction (it then scores as wrong).
 PREDICTION_SCHEMA = pa.schema(
     [
         pa.field("task", pa.string()),
@@ -91,6 +93,9 @@ PREDICTION_SCHEMA = pa.schema(
         pa.field("label", pa.string()),
         pa.field("answer_type", pa.string()),
         pa.field("scores", pa.string()),
+        pa.field("example_index", pa.int64()),
+        pa.field("options", pa.string()),
+        pa.field("error", pa.string()),
     ]
 )
 

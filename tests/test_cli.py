@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -46,9 +47,44 @@ def test_check_config_exits_two_naming_the_field(workdir, capsys):
     assert "command line: training.num_workers: Input should be greater than or equal to 1" in err
 
 
-@pytest.mark.parametrize("verb", ["train", "evaluate", "ablate"])
+@pytest.mark.parametrize("verb", ["ablate"])
 def test_unbuilt_stage_verbs_validate_then_refuse(verb, workdir, capsys):
     path = write_config(workdir, base_tree())
     assert main([verb, str(path)]) == EXIT_NOT_BUILT
     assert "not available in this version" in capsys.readouterr().err
     assert main([verb, str(path), "data.format=csv"]) == EXIT_INVALID
+
+
+@pytest.mark.parametrize("verb", ["train", "evaluate", "run"])
+def test_stage_verbs_name_the_missing_section(verb, workdir, capsys):
+    tree = base_tree()
+    tree.pop("training")
+    assert main([verb, str(write_config(workdir, tree))]) == EXIT_INVALID
+    assert ": this verb needs a `" in capsys.readouterr().err
+
+
+def test_score_prints_the_task_metrics(tmp_path, capsys):
+    predictions = tmp_path / "predictions.jsonl"
+    rows = [
+        {"prediction": "yes, it is", "label": "yes", "answer_type": "CLOSED"},
+        {"prediction": "no", "label": "yes", "answer_type": "CLOSED"},
+        {"prediction": "left lung", "label": "the left lung", "answer_type": "OPEN"},
+    ]
+    predictions.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    out = tmp_path / "scores.json"
+    assert main(["score", "--task", "vqa_rad", "--predictions", str(predictions), "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["closed_accuracy"] == 50.0 and printed["open_recall"] == 100.0
+    assert json.loads(out.read_text()) == printed
+
+
+def test_score_rejects_an_unknown_task(tmp_path, capsys):
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text('{"prediction": "a", "label": "a"}\n')
+    assert main(["score", "--task", "nope", "--predictions", str(predictions)]) == EXIT_INVALID
+    assert "nope" in capsys.readouterr().err
+
+
+def test_report_needs_an_evaluated_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == EXIT_INVALID
+    assert "no evaluation/" in capsys.readouterr().err

@@ -29,7 +29,6 @@ from engine.config import BenchmarkConfig
 from engine.evaluation.tasks import RecordError, TaskSpec
 from engine.io.images import Problem, encode_png
 from engine.io.sources import dataset_root, list_shards, resolve_image_path, shard_name
-from engine.records import PREDICTION_SCHEMA
 
 ROWS_PER_FILE = 256
 _READ_BATCH_ROWS = 256
@@ -52,16 +51,6 @@ BENCHMARK_ROW_SCHEMA = pa.schema(
 
 # A prediction row as the runner writes it: the contract's columns, then what rescoring needs (the example index
 # that seeds the multiple-choice fallback, the options) and why a row has no prediction.
-PREDICTION_ROW_SCHEMA = pa.schema(
-    [
-        *PREDICTION_SCHEMA,
-        pa.field("example_index", pa.int64()),
-        pa.field("options", pa.string()),
-        pa.field("error", pa.string()),
-    ]
-)
-
-
 @dataclass(frozen=True)
 class RawRecord:
     """A record as its source holds it. `root`/`shard` locate relative image paths (local files only); `problem` says
@@ -295,13 +284,22 @@ def write_table(rows: Iterator[Mapping[str, Any]], folder: str, fs: fsspec.Abstr
     return counts
 
 
+def files_signature(path: str) -> list[tuple[str, int | None, str | None]]:
+    """(relative name, size, modification time) of the files at a path (a file or a folder, local or fsspec URL):
+    enough to tell a rebuilt data set or retrained model at the same path from the old one."""
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    files = fs.find(fs_path, detail=True) if fs.isdir(fs_path) else {fs_path: fs.info(fs_path)}
+    return sorted(
+        (posixpath.relpath(name, fs_path), info.get("size"),
+         str(info.get("mtime") or info.get("LastModified") or info.get("last_modified") or ""))
+        for name, info in files.items()
+    )
+
+
 def source_fingerprint(spec: TaskSpec, benchmark: BenchmarkConfig) -> dict[str, Any]:
-    """What decides a benchmark table: the source and, for a local copy, its files and their sizes (a rebuilt copy
-    at the same path must not reuse an old table)."""
+    """What decides a benchmark table: the source and, for a local copy, its files (a rebuilt copy at the same path
+    must not reuse an old table)."""
     source: dict[str, Any] = {"task": spec.name, "limit": benchmark.limit}
     if benchmark.path is None:
         return {**source, "hub": [spec.hub_id, spec.hub_config, spec.hub_split]}
-    fs, fs_path = fsspec.core.url_to_fs(benchmark.path)
-    files = fs.find(fs_path, detail=True) if fs.isdir(fs_path) else {fs_path: fs.info(fs_path)}
-    sizes = sorted((posixpath.relpath(name, fs_path), info.get("size")) for name, info in files.items())
-    return {**source, "path": benchmark.path, "format": benchmark.format, "files": sizes}
+    return {**source, "path": benchmark.path, "format": benchmark.format, "files": files_signature(benchmark.path)}

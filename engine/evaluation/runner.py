@@ -6,12 +6,14 @@
 
 Models scored: `base` (training.model, or evaluation.engine.model without a training section), every entry of
 evaluation.models, and `adapted` ({output_dir}/training/model) once training has written it. All use the
-evaluation engine's settings and model family; only the weights differ.
+evaluation engine's settings and model family; only the weights differ. Decoding is greedy and an answer gets the
+task's budget (the paper's 1024 or 256 tokens) capped by `engine.max_tokens`.
 
 Resume: each (model, task) is one Ray Data job with checkpointing keyed on `example_id`, so a killed evaluation
 restarted with the same config predicts only the missing examples; a state file per pair records the config
 fingerprint it was made with and whether it finished. A finished pair is skipped; a pair made with another
-fingerprint (other weights path, benchmark, engine settings) is predicted again from scratch. Predictions are
+fingerprint (other weights, or the same path with changed files; another benchmark; other engine settings) is
+predicted again from scratch. Predictions are
 written before any scoring, so scoring can be rerun without inference (`adapt report`).
 """
 
@@ -33,12 +35,19 @@ import pyarrow.dataset as pads
 import ray
 from ray.data.checkpoint import CheckpointConfig
 
-from engine.config import BenchmarkConfig, ConfigError, EngineConfig, RunConfig, absolute
+from engine.config import (
+    BenchmarkConfig,
+    ConfigError,
+    EngineConfig,
+    RunConfig,
+    absolute,
+    is_local_path,
+)
 from engine.evaluation import report
 from engine.evaluation.benchmarks import (
-    PREDICTION_ROW_SCHEMA,
     benchmark_rows,
     error_reason,
+    files_signature,
     source_fingerprint,
     write_table,
 )
@@ -46,6 +55,7 @@ from engine.evaluation.tasks import TaskSpec, get_task
 from engine.io.images import ImageLimits, Problem, decode_image
 from engine.models.backends import GenerationRequest, create_backend
 from engine.models.families import FAMILIES, get_family, render
+from engine.records import PREDICTION_SCHEMA
 from engine.runtime import engine_actor_options, ray_session
 
 BENCHMARKS_DIR = "benchmarks"
@@ -116,7 +126,7 @@ class Predict:
                                  temperature=0.0, stop=self._stop)
 
     def _prediction_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        out = {field: row.get(field) for field in PREDICTION_ROW_SCHEMA.names}
+        out = {field: row.get(field) for field in PREDICTION_SCHEMA.names}
         out.update(task=self._spec.name, model=self._model)
         try:
             scores = self._spec.score_example(self._spec.scoring_row(out), row["example_index"])
@@ -139,7 +149,7 @@ class Predict:
                 row["prediction"] = result.text
             else:
                 row["error"] = f"generation_failed: {result.error}"
-        return pa.Table.from_pylist([self._prediction_row(row) for row in rows], schema=PREDICTION_ROW_SCHEMA)
+        return pa.Table.from_pylist([self._prediction_row(row) for row in rows], schema=PREDICTION_SCHEMA)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -161,6 +171,8 @@ class EvaluationStage:
         for name in self.models:
             if not _MODEL_NAME.match(name):
                 raise ConfigError(f"evaluation.models: {name!r} is not a usable name (letters, digits, . _ -)")
+        # Checked now (a local model folder must exist), not after Ray and the benchmark tables are up.
+        self.engines = {name: self._engine_for(ref) for name, ref in self.models.items()}
         tasks = [benchmark.task for benchmark in evaluation.benchmarks]
         repeated = sorted(task for task, count in Counter(tasks).items() if count > 1)
         if repeated:
@@ -205,8 +217,11 @@ class EvaluationStage:
         self._remove(folder)
         started = time.monotonic()
         counts = write_table(benchmark_rows(spec, benchmark), folder, self.fs)
-        table = {"fingerprint": fingerprint, "source": benchmark.path or f"hub:{spec.hub_id}/{spec.hub_config}",
-                 **counts, "seconds": round(time.monotonic() - started, 2)}
+        source = benchmark.path or f"hub:{spec.hub_id}/{spec.hub_config}"
+        if not counts["rows"]:
+            raise ConfigError(f"evaluation.benchmarks: {spec.name}: no records in {source}")
+        table = {"fingerprint": fingerprint, "source": source, **counts,
+                 "seconds": round(time.monotonic() - started, 2)}
         self._write_json(marker, table)
         return table
 
@@ -214,15 +229,18 @@ class EvaluationStage:
 
     def pair_fingerprint(self, model_ref: str, spec: TaskSpec, table: dict[str, Any]) -> str:
         engine = self.config.evaluation.engine
+        # A local model's files count too: `adapted` keeps its path when training runs again.
         return _digest({
             "version": PREDICTION_VERSION,
             "model": model_ref,
+            "weights": files_signature(model_ref) if is_local_path(model_ref) else None,
             "table": table["fingerprint"],
             "max_tokens": max_tokens(spec, engine),
             "engine": engine.model_dump(mode="json", exclude=RESOURCE_FIELDS | {"model", "max_tokens"}),
         })
 
     def _engine_for(self, model_ref: str) -> EngineConfig:
+        """The evaluation engine's settings with another model's weights."""
         engine = self.config.evaluation.engine.model_dump()
         try:
             return EngineConfig.model_validate({**engine, "model": model_ref})
@@ -254,7 +272,7 @@ class EvaluationStage:
             self._remove(predictions)
             self._remove(checkpoint)
             self._write_json(state_file, {"fingerprint": fingerprint, "status": "running", "model": model_ref})
-        engine = self._engine_for(model_ref)
+        engine = self.engines[model]
         started = time.monotonic()
         context = ray.data.DataContext.get_current()
         context.checkpoint_config = CheckpointConfig(
@@ -297,13 +315,12 @@ class EvaluationStage:
             print(self.summary(model, spec, states[model, spec.name]), file=sys.stderr)
         results = report.write_report(self.out, report.collect_results(
             self.fs_out, [(model, spec.name) for model, spec in pairs], self.fs))
-        self._write_json(self._path("manifest.json"), {
-            "config_fingerprint": self.config.fingerprint(),
-            "models": self.models,
-            "benchmarks": tables,
-            "predictions": {model: {task: state for (m, task), state in states.items() if m == model}
-                            for model in report.ordered_models(self.models)},
-        })
+        predictions: dict[str, dict[str, Any]] = {}
+        for (model, task), state in states.items():
+            predictions.setdefault(model, {})[task] = state
+        self._write_json(self._path("manifest.json"), {"config_fingerprint": self.config.fingerprint(),
+                                                       "models": self.models, "benchmarks": tables,
+                                                       "predictions": predictions})
         print(f"evaluation: report in {self.out}/report.md", file=sys.stderr)
         return results
 

@@ -4,7 +4,8 @@ The text is the family's rendering (``engine.models.families.render``), the same
 prompt the model with, so training and inference agree by construction; for Qwen2-VL it equals the model's ChatML chat
 template (tests check it on the tiny model). The processor then does everything model-specific: it expands each image
 token into the image's patch tokens and returns the pixel tensors (Qwen2-VL: ``pixel_values``, ``image_grid_thw`` and
-``mm_token_type_ids``, which transformers 5 needs for M-RoPE).
+``mm_token_type_ids``, which transformers 5 needs for M-RoPE). Where the processor expands another image token than the
+family's format writes, the format writes the processor's.
 
 Labels. While rendering, the character spans that carry loss are recorded:
 - post-training (``loss_from`` None): each assistant turn's content and its end-of-turn token, so the model learns to
@@ -24,7 +25,7 @@ from __future__ import annotations
 import io
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -126,7 +127,7 @@ def decode_images(images: Sequence[bytes]) -> list[Image.Image]:
     return [Image.open(io.BytesIO(data)).convert("RGB") for data in images]
 
 
-def _pad_to(tensor: torch.Tensor, shape: Sequence[int], value: int | float) -> torch.Tensor:
+def _pad_to(tensor: torch.Tensor, shape: Sequence[int], value: float) -> torch.Tensor:
     """Pad every dimension after the first, at the end, up to `shape`."""
     padding: list[int] = []
     for size, target in zip(reversed(tensor.shape[1:]), reversed(shape)):
@@ -155,10 +156,15 @@ class Collator:
     def __init__(self, processor: ProcessorMixin | PreTrainedTokenizerBase, family: ModelFamily | str,
                  max_length: int):
         self.processor = processor
-        self.family = get_family(family)
         self.max_length = max_length
         self.tokenizer = processor if isinstance(processor, PreTrainedTokenizerBase) else processor.tokenizer
         image_token = getattr(processor, "image_token", None)
+        self.family = get_family(family)
+        if image_token and image_token not in self.family.image_token:
+            # The checkpoint's processor expands another image token than the family's format writes (llava-hf's
+            # LLaVA-NeXT processor expands "<image>"; the llava-llama3 format writes the released synthesizer's
+            # <|reserved_special_token_4|>): keep the format, write the token this processor expands.
+            self.family = replace(self.family, image_token=image_token)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(image_token) if image_token else None
         self.pad_token_id = self.tokenizer.pad_token_id
         if self.pad_token_id is None:  # Llama-3 tokenizers have none; padding is masked, so any id does

@@ -12,6 +12,10 @@
 The two recipes differ only in their data (``target_phases``, ``synthesizer_phases``): which rows, which mixture
 phases, where the loss goes (``engine.training.mixture``). Everything after the phases is shared.
 
+Steps: each phase trains whole global batches (epochs x examples // global_batch_size, or a share of max_steps); when
+the collator drops examples, a pass over the data gives fewer steps and the next pass fills the rest, so the learning
+rate schedule always ends where it was planned. Workers agree on every step (an all-reduce of "I have a full step").
+
 Layout in {output_dir}/training/: checkpoints/ (Ray Train's storage: one folder per checkpoint holding DeepSpeed's files
 from every worker and each worker's data position), model/ (the HF model folder), metrics.csv, run.json (the
 fingerprint of the config that owns the folder) and manifest.json (written last: the stage is complete).
@@ -52,7 +56,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 from fsspec.implementations.local import LocalFileSystem
-from ray.data import ExecutionOptions, FileShuffleConfig
+from ray.data import FileShuffleConfig
 from ray.train.torch import TorchTrainer
 
 from engine.config import ConfigError, RunConfig, TrainingConfig, is_url
@@ -69,12 +73,13 @@ DEEPSPEED_TAG = "deepspeed"
 # Rows a worker shuffles locally before batching: mixes neighbouring examples without a global shuffle's cost.
 SHUFFLE_BUFFER_ROWS = 256
 # Training fields that change how fast or how observably a run goes, not what it trains.
-RESOURCE_FIELDS = {"cpus_per_worker", "checkpoint_every", "log_every"}
+RESOURCE_FIELDS = {"cpus_per_worker", "worker_resources", "checkpoint_every", "log_every"}
 METRIC_COLUMNS = ("step", "phase", "epoch", "loss", "lr", "vision_lr", "grad_norm", "samples", "tokens",
                   "samples_per_s", "tokens_per_s", "elapsed_s", "truncated", "dropped", "data_crc")
 
 # The vision encoder's parameters per family (full names); the projector counts with the language model, as in the
-# paper's recipes (LLaVA: vision tower 2e-6, projector and LLM 2e-5). Qwen2-VL's projector is the merger inside `visual`.
+# paper's recipes (LLaVA: vision tower 2e-6, projector and LLM 2e-5). Qwen2-VL's projector is the merger inside
+# `visual`.
 VISION_ENCODER = {
     "qwen2-vl": re.compile(r"(^|\.)visual\.(?!merger\.)"),
     "llava-llama3": re.compile(r"(^|\.)vision_tower\."),
@@ -101,6 +106,8 @@ class Phase:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
+    """The phases in training order; the driver computes it once and every worker follows it."""
+
     phases: tuple[Phase, ...]
     accumulation: int  # micro-batches per worker per optimizer step
     warmup_ratio: float
@@ -259,6 +266,7 @@ class Interval:
     truncated: int = 0
     dropped: int = 0
     crc: int = 0
+    rates: dict[str, float] = dataclasses.field(default_factory=dict)  # learning rates of the last step, by part
 
 
 # ---------------------------------------------------------------------------------------------------- the recipe
@@ -331,15 +339,16 @@ class Recipe:
         self._export()
 
     def _train_phase(self, phase: Phase) -> None:
+        """Train the phase's planned steps, pass after pass over its data: when the collator drops examples, a pass
+        gives fewer steps than planned and the next pass fills the rest, so the schedule always ends where planned."""
         shard = ray.train.get_dataset_shard(phase.name)
         while self.position.step < phase.end:
             fresh_epoch, step_before = self.position.batches == 0, self.position.step
             if self._train_epoch(shard, phase):
                 return
             if fresh_epoch and self.position.step == step_before:
-                self._say(f"phase {phase.name}: a whole epoch gave no usable step (every example dropped?); "
-                          f"ending the phase at step {self.position.step} of {phase.end}")
-                return
+                raise RuntimeError(f"phase {phase.name!r}: a whole pass over the data gave no full step; the "
+                                   f"collator dropped its examples ({dict(self.collator.counts)})")
             self.position.epoch += 1
             self.position.batches = 0
 
@@ -347,11 +356,10 @@ class Recipe:
         """Train until the phase's last step (True) or until some worker runs out of data in this epoch (False)."""
         batches = self._epoch_batches(shard)
         while self.position.step < phase.end:
-            started = time.perf_counter()
             step = self._next_step(batches)
             if not self._every_worker(step is not None):
                 return False
-            self._step(*step, phase=phase, started=started)
+            self._step(*step, phase=phase)
         return True
 
     def _epoch_batches(self, shard) -> Iterator[list[dict[str, Any]]]:
@@ -385,7 +393,8 @@ class Recipe:
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
-    def _step(self, micro_batches: list[dict], ids: list[str], phase: Phase, started: float) -> None:
+    def _step(self, micro_batches: list[dict], ids: list[str], phase: Phase) -> None:
+        self.interval.rates = dict(zip(self.parts, self.engine.get_lr()))  # the rates this step's update uses
         loss_sum, tokens, samples = 0.0, 0, 0
         for batch in micro_batches:
             batch = {key: self._to_device(value) for key, value in batch.items()}
@@ -408,6 +417,7 @@ class Recipe:
             self._write_metrics(phase)
         if due_checkpoint:
             self._checkpoint()
+            self.interval.started = time.perf_counter()  # throughput counts training, not checkpoint writing
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.to(self.device)
@@ -435,15 +445,14 @@ class Recipe:
         if self.rank != 0:
             return
         seconds = max(now - interval.started, 1e-9)
-        rates = dict(zip(self.parts, self.engine.get_lr()))
         grad_norm = self.engine.get_global_grad_norm()
         row = {
             "step": self.position.step,
             "phase": phase.name,
             "epoch": self.position.epoch,
             "loss": round(interval.loss / interval.steps, 6),
-            "lr": rates.get("language"),
-            "vision_lr": rates.get("vision"),
+            "lr": interval.rates.get("language"),
+            "vision_lr": interval.rates.get("vision"),
             "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
             "samples": interval.samples,
             "tokens": interval.tokens,
@@ -489,14 +498,22 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- the two recipes' data
 
 
-def _read_options(url: str) -> dict[str, Any]:
-    """Ray Data's filesystem argument for a path or fsspec URL (Ray reads local paths and s3/gs natively)."""
+def arrow_location(url: str) -> tuple[str, Any]:
+    """A path or fsspec URL as Ray takes it: (path, pyarrow filesystem), the filesystem None for local paths. Going
+    through fsspec accepts every URL the other stages accept, not only the schemes pyarrow knows."""
     if not is_url(url):
-        return {"paths": url}
+        return url, None
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     fs, path = fsspec.core.url_to_fs(url)
-    return {"paths": path, "filesystem": PyFileSystem(FSSpecHandler(fs))}
+    return path, PyFileSystem(FSSpecHandler(fs))
+
+
+def read_parquet(url: str, columns: list[str], seed: int) -> ray.data.Dataset:
+    """A Parquet set as a stream, its files in a seeded order that is the same in every epoch and every run."""
+    path, filesystem = arrow_location(url)
+    shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=False)
+    return ray.data.read_parquet(path, filesystem=filesystem, shuffle=shuffle).select_columns(columns)
 
 
 def _parquet_column(url: str, column: str) -> list[Any]:
@@ -531,8 +548,7 @@ def target_phases(training: TrainingConfig, dataset: str, seed: int) -> tuple[di
     """Post-training data: the instruction set expanded by the mixture's phases, and each phase's example count."""
     if training.dataset_format == "parquet":
         kinds = _parquet_column(dataset, "kind")
-        rows = ray.data.read_parquet(**_read_options(dataset), columns=["id", "images", "messages"],
-                                     shuffle=FileShuffleConfig(seed=seed, reseed_after_execution=False))
+        rows = read_parquet(dataset, ["id", "images", "messages"], seed)
     else:
         records = read_llama_factory(dataset)
         kinds = [mixture.example_kind(record | {"images": [None] * len(record["images"])}) for record in records]
@@ -548,8 +564,7 @@ def synthesizer_phases(training: TrainingConfig, dataset: str, seed: int) -> tup
     """Synthesizer tuning data: one conversation per seed-task row."""
     fs, path = fsspec.core.url_to_fs(dataset)
     count = pads.dataset(path, filesystem=fs, format="parquet").count_rows()
-    rows = ray.data.read_parquet(**_read_options(dataset), columns=["id", "image", "caption", "tasks"],
-                                 shuffle=FileShuffleConfig(seed=seed, reseed_after_execution=False))
+    rows = read_parquet(dataset, ["id", "image", "caption", "tasks"], seed)
     conversations = rows.flat_map(mixture.synthesizer_conversation,
                                   fn_kwargs={"seed": seed, "blank_image_fraction": training.blank_image_fraction})
     return {mixture.SYNTHESIZER_PHASE: conversations}, {mixture.SYNTHESIZER_PHASE: count}
@@ -562,7 +577,8 @@ def training_fingerprint(config: RunConfig) -> str:
     """What decides a training run's result: the training section (less its resource fields) and the seed."""
     section = config.model_dump(mode="json", include={"training"})["training"]
     section = {key: value for key, value in section.items() if key not in RESOURCE_FIELDS}
-    return hashlib.sha256(json.dumps({"seed": config.seed, "training": section}, sort_keys=True).encode()).hexdigest()[:16]
+    canonical = json.dumps({"seed": config.seed, "training": section}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 class TrainingStage:
@@ -643,18 +659,21 @@ class TrainingStage:
         training = self.training
         ingest = ray.train.DataConfig.default_ingest_options()
         ingest.preserve_order = True  # a deterministic order is what makes the resumed data position exact
-        storage = _read_options(self.out)
+        storage_path, storage_filesystem = arrow_location(self.out)
         for dataset in datasets.values():
             dataset.context.enable_progress_bars = False  # one bar per epoch and worker drowns the metric lines
         return TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"config": self.config, "plan": plan, "out": self.out},
-            scaling_config=ray.train.ScalingConfig(num_workers=training.num_workers, use_gpu=training.use_gpu,
-                                                   resources_per_worker={"CPU": training.cpus_per_worker}),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=training.num_workers,
+                use_gpu=training.use_gpu,  # adds one GPU per worker to the resources below
+                resources_per_worker={"CPU": training.cpus_per_worker, **training.worker_resources},
+            ),
             run_config=ray.train.RunConfig(
                 name=CHECKPOINTS_DIR,
-                storage_path=storage["paths"],
-                storage_filesystem=storage.get("filesystem"),
+                storage_path=storage_path,
+                storage_filesystem=storage_filesystem,
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             ),
             datasets=datasets,

@@ -8,7 +8,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.evaluation.benchmarks import PREDICTION_ROW_SCHEMA
 from engine.evaluation.report import (
     collect_results,
     ordered_models,
@@ -16,6 +15,7 @@ from engine.evaluation.report import (
     render_markdown,
     write_report,
 )
+from engine.records import PREDICTION_SCHEMA
 
 # (prediction, label, answer_type) of a four-question VQA benchmark
 BASE = [("no idea", "lung", "OPEN"), ("left lung", "left lung", "OPEN"), ("no", "yes", "CLOSED"),
@@ -34,7 +34,7 @@ def write_predictions(run, model: str, task: str, answers, status: str = "comple
             for i, (prediction, label, answer_type) in enumerate(answers)]
     for part in range(files):
         chunk = rows[part::files][::-1]
-        pq.write_table(pa.Table.from_pylist(chunk, schema=PREDICTION_ROW_SCHEMA), folder / f"part-{part}.parquet")
+        pq.write_table(pa.Table.from_pylist(chunk, schema=PREDICTION_SCHEMA), folder / f"part-{part}.parquet")
     state = run / "evaluation" / "_state" / model / f"{task}.json"
     state.parent.mkdir(parents=True, exist_ok=True)
     state.write_text(json.dumps({"status": status, "fingerprint": "x"}))

@@ -4,8 +4,6 @@ evaluation resumes. The model-selection and config checks at the top run without
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -89,6 +87,31 @@ def test_stage_refuses_bad_settings(demo_benchmark, tiny_model_dir, tmp_path):
         EvaluationStage(broken)
 
 
+def test_empty_benchmark_is_a_config_error(demo_benchmark, tiny_model_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    config = demo_config(demo_benchmark, tiny_model_dir, tmp_path / "run")
+    config.evaluation.benchmarks[0].path, config.evaluation.benchmarks[0].format = str(empty), "jsonl"
+    with pytest.raises(ConfigError, match="demo_vqa: no records"):
+        run_evaluation(config)
+
+
+def test_predictions_are_redone_when_local_weights_change(demo_benchmark, tiny_model_dir, tmp_path):
+    import shutil
+
+    weights = tmp_path / "adapted"
+    shutil.copytree(tiny_model_dir / "tiny-qwen2-vl", weights)
+    config = demo_config(demo_benchmark, tiny_model_dir, tmp_path / "run")
+    stage = EvaluationStage(config, models={"adapted": str(weights)})
+    [(spec, benchmark)] = stage.benchmarks
+    table = stage.prepare_table(spec, benchmark)
+    before = stage.pair_fingerprint(str(weights), spec, table)
+    assert stage.pair_fingerprint(str(weights), spec, table) == before
+    time.sleep(0.01)
+    (weights / "config.json").write_text((weights / "config.json").read_text() + "\n")  # retrained in place
+    assert stage.pair_fingerprint(str(weights), spec, table) != before
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # On Ray with vLLM's CPU build
 
@@ -135,32 +158,36 @@ def committed_checkpoints(run: Path) -> list[Path]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_killed_evaluation_resumes(demo_benchmark, tiny_model_dir, tmp_path):
+def test_killed_evaluation_resumes(ray_cluster, demo_benchmark, tiny_model_dir, tmp_path):
+    import ray
+
     run = tmp_path / "run"
     config = demo_config(demo_benchmark, tiny_model_dir, run, limit=RESUME_ROWS).model_dump(mode="json")
-    config["cluster"] = {"num_cpus": 4, "temp_dir": f"/tmp/ray-eval-resume-{os.getpid()}"}
+    # The drivers join the session's Ray: when one is killed, Ray ends its job and the job's actors.
+    config["cluster"] = {"address": ray.get_runtime_context().gcs_address}
     config["evaluation"]["engine"]["batch_size"] = 4
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-c", "import sys; from engine.config import load_config; "
-               "from engine.evaluation.runner import run_evaluation; run_evaluation(load_config(sys.argv[1]))",
-               str(path)]
+    script = ("import sys; from engine.config import load_config; "
+              "from engine.evaluation.runner import run_evaluation; run_evaluation(load_config(sys.argv[1]))")
+    command = [sys.executable, "-c", script, str(path)]
 
-    # Its own process group: killing the group stops exactly the Ray this driver started.
-    first = subprocess.Popen(command, cwd=REPO_ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not committed_checkpoints(run) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)
+    first.kill()  # SIGKILL: no clean-up of any kind
     first.wait()
     assert not (run / "evaluation" / "report.json").exists(), "the evaluation finished before it could be killed"
-    done_before = sum(pq.read_metadata(p).num_rows for p in committed_checkpoints(run))
+    committed = committed_checkpoints(run)
+    done_before = sum(pq.read_metadata(p).num_rows for p in committed)
     assert 0 < done_before < RESUME_ROWS
 
-    second = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    second = subprocess.run(command, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     ids = pq.read_table(run / "evaluation" / "predictions" / "base" / "demo_vqa").column("example_id").to_pylist()
     assert len(ids) == len(set(ids)) == RESUME_ROWS
+    assert set(committed) <= set(committed_checkpoints(run))  # the batches done before the kill were not redone
     report = json.loads((run / "evaluation" / "report.json").read_text())
     assert report["base"]["demo_vqa"]["n"] == RESUME_ROWS
+

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from engine.evaluation import scoring
-from engine.evaluation.tasks import TASKS, RecordError, get_task, list_label, text_label
 from engine.evaluation.lmms_eval import export_lmms_eval
+from engine.evaluation.tasks import TASKS, RecordError, get_task, list_label, text_label
 from engine.evaluation.tasks.food import food101_label
 from tests.fixtures import png_bytes
 
@@ -183,7 +183,7 @@ def test_lmms_eval_task_scores_like_the_engine(tmp_path):
                                        for i in range(6)])
     docs = utils.process_docs(docs)
     answers = ["(B)", "no clue", "beta it is", "(A)", "no clue", "no clue"]
-    items = [utils.process_results(doc, [answer]) for doc, answer in zip(docs, answers)]
+    items = [utils.process_results(doc, [answer]) for doc, answer in zip(docs, answers, strict=True)]
     expected = get_task("pmc_vqa").summarize(
         (i, {"prediction": answer, "label": "B", "options": options}) for i, answer in enumerate(answers))
     assert utils.aggregate_accuracy([item["accuracy"] for item in items]) == expected["accuracy"]

@@ -43,7 +43,11 @@ def local_ray_cluster(monkeypatch):
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=4", f"--temp-dir={temp_dir}",
-         "--include-dashboard=true", "--disable-usage-stats"],
+         "--include-dashboard=true", "--disable-usage-stats",
+         # Agents default to fixed ports, which another Ray on this machine (the session's own) may already hold.
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+         f"--ray-client-server-port={free_port()}"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     address = f"http://127.0.0.1:{dashboard_port}"
@@ -79,17 +83,18 @@ def test_synthesis_job_submitted_with_working_dir_and_runtime_env(local_ray_clus
         "filter": {"judge": "lexical"},
     }))
     submission_id = f"adapt-test-{os.getpid()}"
-    submit = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", address, "--submission-id", submission_id,
-         "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml", "--",
-         "python", "-m", "jobs.synthesize", "--config", str(config)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=500,
-    )
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    client = JobSubmissionClient(address)
-    assert client.get_job_status(submission_id) == JobStatus.SUCCEEDED, submit.stdout[-3000:] + submit.stderr[-3000:]
-    logs = client.get_job_logs(submission_id)
-    assert "synthesis: 12 rows" in logs
+    command = [str(BIN / "ray"), "job", "submit", "--address", address, "--submission-id", submission_id,
+               "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml", "--",
+               "python", "-m", "jobs.synthesize", "--config", str(config)]
+    for _ in range(30):  # the head's job agent registers a little after the dashboard answers
+        submit = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=500)
+        if "No available agent to submit job" not in submit.stderr:
+            break
+        time.sleep(2)
+    # Ask through the CLI too: an in-process client would reuse whatever token this test process's own Ray cached.
+    status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, submission_id],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert f"Job '{submission_id}' succeeded" in status.stdout + status.stderr, submit.stdout[-3000:] + status.stdout
+    assert "synthesis: 12 rows" in submit.stdout + submit.stderr  # `ray job submit` follows the job's logs
     manifest = yaml.safe_load((tmp_path / "run" / "synthesis" / "manifest.json").read_text())
     assert manifest["rows_in"] == manifest["rows_out"] == 12

@@ -1,0 +1,177 @@
+"""Training mixtures: conversation counts, turn orders, image placement, seeding, synthesizer-tuning conversations."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from engine.synthesis.examples import CAPTION_PROMPT
+from engine.synthesis.prompts import INFORMATIVE_HINT, PRECISE_HINT
+from engine.training import mixture
+from tests.fixtures import png_bytes
+
+IMAGE = png_bytes(size=112)
+
+
+def instruction_row(index: int, kind: str) -> dict:
+    """A row as synthesis writes it: the caption exchange first, then the synthetic one (canonical order)."""
+    messages = []
+    if kind in ("caption", "caption+synthetic"):
+        messages += [{"role": "user", "content": CAPTION_PROMPT}, {"role": "assistant", "content": f"Caption {index}."}]
+    if kind in ("synthetic", "caption+synthetic"):
+        question = f"Question {index}?" if messages else f"<image>\nQuestion {index}?"
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": f"Answer {index}."}]
+    return {"id": f"row-{index:04d}", "images": [IMAGE], "messages": messages, "kind": kind}
+
+
+def mixed_rows(count: int = 40) -> list[dict]:
+    kinds = ("caption+synthetic", "caption+synthetic", "caption", "synthetic")
+    return [instruction_row(index, kinds[index % len(kinds)]) for index in range(count)]
+
+
+def seed_row(index: int, tasks: int = 3) -> dict:
+    return {
+        "id": f"seed-{index:04d}",
+        "image": png_bytes((20, 200, 20), size=84),
+        "caption": f"Seed caption {index}.",
+        "tasks": [{"question": f"Q{index}-{t}?", "precise": f"P{t}", "informative": f"I{t}, so P{t}."}
+                  for t in range(tasks)],
+    }
+
+
+def contents(conversation: dict) -> list[str]:
+    return [message["content"] for message in conversation["messages"]]
+
+
+def roles(conversation: dict) -> list[str]:
+    return [message["role"] for message in conversation["messages"]]
+
+
+def expand(rows: list[dict], phase_expander, seed: int = 0) -> list[dict]:
+    return [conversation for row in rows for conversation in phase_expander(row, seed)]
+
+
+# ------------------------------------------------------------------------------------------------------ single stage
+
+
+def test_single_stage_makes_one_conversation_per_image_with_every_exchange():
+    rows = mixed_rows()
+    conversations = expand(rows, mixture.single_stage)
+    assert len(conversations) == len(rows)
+    for row, conversation in zip(rows, conversations):
+        assert conversation["id"] == row["id"] and conversation["images"] == row["images"]
+        assert conversation["loss_from"] is None
+        assert roles(conversation) == ["user", "assistant"] * (len(row["messages"]) // 2)
+        assert sorted(contents(conversation)[1::2]) == sorted(m["content"] for m in row["messages"][1::2])
+
+
+def test_single_stage_puts_the_caption_turn_first_or_last_at_random_and_seeded():
+    rows = [instruction_row(index, "caption+synthetic") for index in range(200)]
+    conversations = expand(rows, mixture.single_stage, seed=7)
+    caption_first = [contents(c)[1].startswith("Caption") for c in conversations]
+    assert 70 < sum(caption_first) < 130  # a fair coin per row
+    assert expand(rows, mixture.single_stage, seed=7) == conversations  # same seed, same draws
+    reseeded = expand(rows, mixture.single_stage, seed=8)
+    assert [contents(c)[1] for c in reseeded] != [contents(c)[1] for c in conversations]
+    # The draw depends on the row, not on its position in the stream.
+    assert expand(rows[::-1], mixture.single_stage, seed=7) == conversations[::-1]
+
+
+def test_the_image_always_opens_the_first_user_turn():
+    for conversation in expand(mixed_rows(), mixture.single_stage, seed=3):
+        texts = contents(conversation)
+        assert texts[0].startswith("<image>\n")
+        assert sum(text.count("<image>") for text in texts) == 1
+    caption_last = next(c for c in expand(mixed_rows(), mixture.single_stage, seed=3)
+                        if len(c["messages"]) == 4 and contents(c)[1].startswith("Answer"))
+    index = int(caption_last["id"][4:])
+    assert contents(caption_last) == [f"<image>\nQuestion {index}?", f"Answer {index}.", "Describe the image.",
+                                      f"Caption {index}."]
+
+
+# -------------------------------------------------------------------------------------- two-stage and the ablations
+
+
+def test_two_stage_gives_captions_first_then_instructions():
+    rows = mixed_rows(40)  # 30 rows with a caption, 30 with a synthetic task
+    phases = mixture.phases("two_stage")
+    assert [name for name, _ in phases] == [mixture.CAPTION_PHASE, mixture.INSTRUCTION_PHASE]
+    captions, instructions = (expand(rows, expander) for _, expander in phases)
+    assert len(captions) == 30 and len(instructions) == 30
+    for conversation in captions:
+        assert contents(conversation) == [CAPTION_PROMPT, f"Caption {int(conversation['id'][4:])}."]
+    for conversation in instructions:
+        index = int(conversation["id"][4:])
+        assert contents(conversation) == [f"<image>\nQuestion {index}?", f"Answer {index}."]
+
+
+@pytest.mark.parametrize("name", list(mixture.MIXTURES))
+def test_phase_counts_match_the_expansion(name):
+    rows = mixed_rows(40)
+    expected = {phase: len(expand(rows, expander)) for phase, expander in mixture.phases(name)}
+    assert mixture.phase_counts([row["kind"] for row in rows], name) == expected
+    # Rows without a kind column (LLaMA-Factory JSON) count the same once their kind is recomputed.
+    assert mixture.phase_counts([mixture.example_kind(row) for row in rows], name) == expected
+
+
+def test_caption_only_and_synthetic_only_are_single_phases():
+    rows = mixed_rows(40)
+    (caption_phase,) = mixture.phases("caption_only")
+    (synthetic_phase,) = mixture.phases("synthetic_only")
+    assert len(expand(rows, caption_phase[1])) == 30
+    assert len(expand(rows, synthetic_phase[1])) == 30
+    with pytest.raises(ValueError, match="unknown mixture"):
+        mixture.phases("three_stage")
+
+
+def test_a_system_message_is_kept_first():
+    row = instruction_row(1, "caption+synthetic")
+    row["messages"].insert(0, {"role": "system", "content": "Be brief."})
+    for seed in range(4):
+        (conversation,) = mixture.single_stage(row, seed)
+        assert conversation["messages"][0] == {"role": "system", "content": "Be brief."}
+        assert conversation["messages"][1]["content"].startswith("<image>\n")
+
+
+def test_malformed_rows_are_refused_with_their_id():
+    row = instruction_row(1, "caption")
+    row["images"] = [IMAGE, IMAGE]
+    with pytest.raises(ValueError, match="row-0001.*1 <image> placeholders for 2 images"):
+        mixture.single_stage(row, 0)
+    row = instruction_row(2, "caption+synthetic")
+    row["messages"] = row["messages"][:3]
+    with pytest.raises(ValueError, match="alternate"):
+        mixture.single_stage(row, 0)
+
+
+# ---------------------------------------------------------------------------------------------- synthesizer tuning
+
+
+def test_synthesizer_conversation_has_the_caption_then_shuffled_hinted_qa_turns():
+    row = seed_row(0, tasks=3)
+    (conversation,) = mixture.synthesizer_conversation(row, seed=0, blank_image_fraction=0.0)
+    texts = contents(conversation)
+    assert texts[:2] == [CAPTION_PROMPT, "Seed caption 0."]
+    assert conversation["loss_from"] == mixture.SYNTHESIZER_LOSS_FROM == 2
+    assert roles(conversation) == ["user", "assistant"] * 7
+    turns = list(zip(texts[2::2], texts[3::2]))
+    expected = {(f"{hint}\nQ0-{t}?", answer) for t in range(3)
+                for hint, answer in ((PRECISE_HINT, f"P{t}"), (INFORMATIVE_HINT, f"I{t}, so P{t}."))}
+    assert set(turns) == expected and len(turns) == 6
+    orders = {tuple(contents(mixture.synthesizer_conversation(row, seed, 0.0)[0])) for seed in range(10)}
+    assert len(orders) > 1  # shuffled, and the shuffle follows the seed
+    assert mixture.synthesizer_conversation(row, 3, 0.0) == mixture.synthesizer_conversation(row, 3, 0.0)
+
+
+def test_blank_images_replace_the_given_fraction():
+    rows = [seed_row(index, tasks=1) for index in range(200)]
+    blanked = [mixture.synthesizer_conversation(row, 0, 0.25)[0]["images"][0] != row["image"] for row in rows]
+    assert 30 < sum(blanked) < 70
+    row = rows[0]
+    blank = mixture.synthesizer_conversation(row, 0, 1.0)[0]["images"][0]
+    with Image.open(io.BytesIO(blank)) as image:
+        assert image.size == (84, 84)  # same size, so the same number of image tokens
+        assert image.convert("RGB").getextrema() == ((255, 255), (255, 255), (255, 255))
+    assert mixture.synthesizer_conversation(row, 0, 0.0)[0]["images"] == [row["image"]]
