@@ -29,6 +29,7 @@ from engine.config import ConfigError, EngineConfig, RunConfig
 from engine.io.images import ImageLimits
 from engine.io.ray_datasource import CaptionShardDatasource
 from engine.io.sources import dataset_root, list_shards
+from engine.io.stage_dir import StageDir
 from engine.io.validation import validate_row
 from engine.runtime import engine_actor_options, ray_session
 from engine.synthesis import outputs
@@ -102,41 +103,18 @@ class SynthesisStage:
     def __init__(self, config: RunConfig):
         self.fingerprint = synthesis_fingerprint(config)  # of the config as written: stable if the folder moves
         self.config = config = config.with_absolute_paths()
-        self.out = f"{config.output_dir.rstrip('/')}/synthesis"
-        self.fs, self.fs_out = fsspec.core.url_to_fs(self.out)
+        self.dir = StageDir(config.output_dir, "synthesis", self.fingerprint)
+        self.out, self.fs, self.fs_out = self.dir.url, self.dir.fs, self.dir.root
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.out, *parts])
 
-    def read_manifest(self) -> dict[str, Any] | None:
-        path = self._path("manifest.json")
-        if not self.fs.exists(path):
-            return None
-        with self.fs.open(path) as file:
-            return json.load(file)
-
-    def _claim_output_dir(self) -> None:
-        """Refuse to mix runs: a directory holding another config's partial rows must not be resumed with this one."""
-        marker = self._path("run.json")
-        if self.fs.exists(marker):
-            with self.fs.open(marker) as file:
-                recorded = json.load(file)["fingerprint"]
-            if recorded != self.fingerprint:
-                raise ConfigError(
-                    f"output_dir: {self.out} holds a synthesis run of another config (fingerprint {recorded}, this "
-                    f"config {self.fingerprint}); choose another output_dir or delete that folder"
-                )
-            return
-        self.fs.makedirs(self.fs_out, exist_ok=True)
-        with self.fs.open(marker, "w") as file:
-            json.dump({"fingerprint": self.fingerprint}, file)
-
     def run(self) -> dict[str, Any]:
-        manifest = self.read_manifest()
-        if manifest and manifest.get("fingerprint") == self.fingerprint:
+        manifest = self.dir.completed_manifest()
+        if manifest:
             print(f"synthesis: already complete in {self.out} ({manifest['rows_in']} rows); skipping", file=sys.stderr)
             return manifest
-        self._claim_output_dir()
+        self.dir.claim()
         root = dataset_root(self.config.data.path)
         try:
             shards = list_shards(self.config.data.path, self.config.data.format)
@@ -158,7 +136,7 @@ class SynthesisStage:
         manifest["rows_processed_this_run"] = manifest["rows_in"] - done_before  # the rest came from a killed run
         manifest["timings_s"] = {"stream": round(streamed - started, 2),
                                  "finalize": round(time.monotonic() - streamed, 2)}
-        self._write_manifest(manifest)
+        self.dir.write_manifest(manifest)
         print(self.summary(manifest), file=sys.stderr)
         return manifest
 
@@ -189,7 +167,6 @@ class SynthesisStage:
         config = self.config
         return {
             "status": "complete",
-            "fingerprint": self.fingerprint,
             "config_fingerprint": config.fingerprint(),
             "data": {"path": config.data.path, "format": config.data.format, "shards": len(shards)},
             "synthesizer": config.synthesis.engine.model if config.synthesis.synthesizer == "model" else "rule_based",
@@ -198,10 +175,6 @@ class SynthesisStage:
                        else config.filter.engine.model if config.filter.judge == "llm" else "lexical"),
             **outputs.accounting(columns, duplicates),
         }
-
-    def _write_manifest(self, manifest: dict[str, Any]) -> None:
-        with self.fs.open(self._path("manifest.json"), "w") as file:
-            json.dump(manifest, file, indent=2)
 
     @staticmethod
     def summary(manifest: dict[str, Any]) -> str:

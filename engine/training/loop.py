@@ -60,6 +60,7 @@ from ray.data import FileShuffleConfig
 from ray.train.torch import TorchTrainer
 
 from engine.config import ConfigError, RunConfig, TrainingConfig, is_url
+from engine.io.stage_dir import StageDir
 from engine.models.loading import load_model, load_processor
 from engine.runtime import ray_session
 from engine.training import mixture
@@ -590,17 +591,8 @@ class TrainingStage:
         self.fingerprint = training_fingerprint(config)  # of the config as written: stable if the folder moves
         self.config = config = config.with_absolute_paths()
         self.training = config.training
-        self.out = f"{config.output_dir.rstrip('/')}/training"
-        self.fs, self.fs_out = fsspec.core.url_to_fs(self.out)
-
-    def _path(self, *parts: str) -> str:
-        return "/".join([self.fs_out, *parts])
-
-    def read_manifest(self) -> dict[str, Any] | None:
-        if not self.fs.exists(self._path("manifest.json")):
-            return None
-        with self.fs.open(self._path("manifest.json")) as file:
-            return json.load(file)
+        self.dir = StageDir(config.output_dir, "training", self.fingerprint)
+        self.out = self.dir.url
 
     def dataset(self) -> str:
         """The training data's location; by default the run's instruction set (post-training only)."""
@@ -614,29 +606,13 @@ class TrainingStage:
             raise ConfigError(f"training.dataset: {dataset} does not exist{hint}")
         return dataset
 
-    def _claim_output_dir(self) -> None:
-        """Refuse to resume another config's checkpoints: they would silently continue a different training."""
-        marker = self._path("run.json")
-        if self.fs.exists(marker):
-            with self.fs.open(marker) as file:
-                recorded = json.load(file)["fingerprint"]
-            if recorded != self.fingerprint:
-                raise ConfigError(
-                    f"output_dir: {self.out} holds a training run of another config (fingerprint {recorded}, this "
-                    f"config {self.fingerprint}); choose another output_dir or delete that folder"
-                )
-            return
-        self.fs.makedirs(self.fs_out, exist_ok=True)
-        with self.fs.open(marker, "w") as file:
-            json.dump({"fingerprint": self.fingerprint}, file)
-
     def run(self) -> dict[str, Any]:
-        manifest = self.read_manifest()
-        if manifest and manifest.get("fingerprint") == self.fingerprint:
+        manifest = self.dir.completed_manifest()
+        if manifest:
             print(f"training: already complete in {self.out} ({manifest['steps']} steps); skipping", file=sys.stderr)
             return manifest
         dataset = self.dataset()
-        self._claim_output_dir()
+        self.dir.claim()
         training = self.training
         with ray_session(self.config.cluster):
             started = time.monotonic()
@@ -649,8 +625,7 @@ class TrainingStage:
             self._trainer(datasets, plan).fit()
             seconds = time.monotonic() - started
         manifest = self._manifest(dataset, plan, seconds)
-        with self.fs.open(self._path("manifest.json"), "w") as file:
-            json.dump(manifest, file, indent=2)
+        self.dir.write_manifest(manifest)
         print(f"training: {manifest['steps']} steps in {seconds:.1f} s, final loss {manifest['final_loss']}; "
               f"model in {manifest['model']}", file=sys.stderr)
         return manifest
