@@ -42,8 +42,8 @@ ROWS_DIR = "_rows"
 CHECKPOINT_DIR = "_checkpoint"
 PUBLISHED_SETS = {"instructions": outputs.to_examples, "tasks": outputs.to_tasks, "quarantine": outputs.to_quarantine}
 # Engine fields that change how fast a run goes, not what it writes: a resumed run may change them.
-RESOURCE_FIELDS = {"concurrency", "num_cpus", "num_gpus", "batch_size", "cpu_threads_bind", "kv_cache_gib",
-                   "gpu_memory_utilization"}
+RESOURCE_FIELDS = {"concurrency", "num_cpus", "num_gpus", "batch_size", "cpu_threads_bind", "kv_cache_gib", "resources",
+                   "enforce_eager", "gpu_memory_utilization"}
 
 
 class ValidateRows(RowStep):
