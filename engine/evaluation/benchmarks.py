@@ -49,8 +49,6 @@ BENCHMARK_ROW_SCHEMA = pa.schema(
     ]
 )
 
-# A prediction row as the runner writes it: the contract's columns, then what rescoring needs (the example index
-# that seeds the multiple-choice fallback, the options) and why a row has no prediction.
 @dataclass(frozen=True)
 class RawRecord:
     """A record as its source holds it. `root`/`shard` locate relative image paths (local files only); `problem` says
