@@ -1,5 +1,6 @@
 # The README's two quick-start commands. Each does all set-up on a fresh machine and nothing on a re-run:
-#   make demo   builds .venv, the tiny models and the demo data if missing, then runs `adapt run configs/demo.yaml`
+#   make demo   builds .venv, the tiny models and the demo data if missing, then runs the demo's model route
+#               (synthesis only) and `adapt run configs/demo.yaml` (see the header of configs/demo.yaml)
 #   make test   same set-up, then the test suite
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,6 +13,8 @@ PYTEST_ARGS ?=
 .PHONY: demo test env models demo-data
 
 demo: $(ENV_STAMP) $(TINY_MODELS) $(DEMO_DATA)
+	$(VENV)/bin/adapt synthesize configs/demo.yaml output_dir=./runs/demo-model-route synthesis.synthesizer=model \
+		filter.judge=llm
 	$(VENV)/bin/adapt run configs/demo.yaml
 
 test: $(ENV_STAMP)

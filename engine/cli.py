@@ -9,32 +9,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.ablation import VARIANT_NAMES as ABLATION_VARIANTS
 from engine.config import ConfigError, RunConfig, dump_config, load_config
 
 EXIT_OK = 0
 EXIT_INVALID = 2  # bad config or bad arguments (argparse uses 2 for usage errors too)
-EXIT_NOT_BUILT = 3  # the verb's stage is not part of this version yet
-
-# Stages whose drivers land in later versions, with the issue that tracks them. A verb listed here validates its
-# config and then says plainly that it cannot run yet; it never prints made-up results.
-NOT_BUILT_YET = {
-    "ablate": "the ablation grid (issue 6)",
-}
-
-
 SYNTHESIS_SUMMARY_KEYS = ("rows_in", "rows_out", "rows_dropped", "rows_quarantined", "tasks_synthesized", "tasks_kept")
+TRAINING_SUMMARY_KEYS = ("steps", "final_loss", "model")
+RUN_SUMMARY = "run_summary.json"
 
 
 def _load(args: argparse.Namespace) -> RunConfig:
     return load_config(args.config, args.overrides)
-
-
-def _not_built(verb: str) -> int:
-    print(f"adapt {verb}: not available in this version: it needs {NOT_BUILT_YET[verb]}.", file=sys.stderr)
-    return EXIT_NOT_BUILT
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -42,13 +32,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(dump_config(config), end="")
     print(f"# valid: {args.config} (fingerprint {config.fingerprint()})", file=sys.stderr)
     return EXIT_OK
-
-
-def cmd_stage(args: argparse.Namespace) -> int:
-    """A stage verb whose driver is not built yet: the config is still checked, so its errors surface today."""
-    if getattr(args, "config", None):
-        _load(args)
-    return _not_built(args.verb)
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
@@ -76,7 +59,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from engine.training.loop import run_training
 
     manifest = run_training(_require(_load(args), "training"))
-    print(json.dumps({key: manifest.get(key) for key in ("steps", "final_loss", "model")}))
+    print(json.dumps({key: manifest.get(key) for key in TRAINING_SUMMARY_KEYS}))
+    return EXIT_OK
+
+
+def cmd_tune_synthesizer(args: argparse.Namespace) -> int:
+    from engine.training.loop import run_synthesizer_tuning
+
+    manifest = run_synthesizer_tuning(_require(_load(args), "synthesizer_tuning"))
+    print(json.dumps({key: manifest.get(key) for key in TRAINING_SUMMARY_KEYS}))
     return EXIT_OK
 
 
@@ -110,22 +101,82 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def describe_route(config: RunConfig) -> str:
+    """How this run makes its tasks, in words: the demo's shortcuts are printed, never hidden."""
+    synthesis, filtering = config.synthesis, config.filter
+    if synthesis.synthesizer == "rule_based":
+        synthesizer = "rule-based templates over the caption (no model)"
+    elif config.synthesizer_tuning is not None:
+        synthesizer = (f"{config.synthesizer_tuning.model} tuned on {config.synthesizer_tuning.dataset}, "
+                       f"served by {synthesis.engine.backend}")
+    else:
+        synthesizer = f"{synthesis.engine.model} on {synthesis.engine.backend}"
+    if not filtering.enabled:
+        judge = "none (every synthesized task is kept)"
+    elif filtering.judge == "lexical":
+        judge = "lexical word-overlap heuristic (no model)"
+    else:
+        judge = f"{filtering.engine.model} on {filtering.engine.backend}"
+    return f"synthesizer: {synthesizer}; consistency judge: {judge}"
+
+
+def compare_to_base(results: dict) -> list[str]:
+    """One line per task metric: base -> adapted, and the difference."""
+    from engine.evaluation.report import BASE_MODEL, metric_rows, score_value
+
+    lines = []
+    for task, metric in metric_rows(results):
+        base, adapted = (score_value(results, model, task, metric) for model in (BASE_MODEL, "adapted"))
+        if base is not None and adapted is not None:
+            lines.append(f"{task} {metric}: base {base:.2f} -> adapted {adapted:.2f} ({adapted - base:+.2f})")
+    return lines
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """synthesize -> train -> evaluate (base and adapted) -> report; each stage skips itself when already complete."""
+    """[tune synthesizer ->] synthesize -> train -> evaluate (base and adapted) -> report; each stage skips itself
+    when already complete. Ends with a summary, also written to {output_dir}/run_summary.json."""
+    import fsspec
+
     from engine.evaluation.runner import run_evaluation
     from engine.synthesis.pipeline import run_synthesis
-    from engine.training.loop import run_training
+    from engine.training.loop import run_synthesizer_tuning, run_training
 
     config = _require(_require(_load(args), "training"), "evaluation")
+    started = time.monotonic()
+    stages = ["synthesize", "train", "evaluate (base and adapted)", "report"]
+    if config.synthesizer_tuning is not None:
+        stages.insert(0, "tune synthesizer")
+    run_dir = config.with_absolute_paths().output_dir.rstrip("/")
     print(f"adapt run: config {args.config} is valid (fingerprint {config.fingerprint()})")
-    print(f"adapt run: run directory {config.output_dir}")
-    print("adapt run: stages: synthesize -> train -> evaluate (base and adapted) -> report")
-    run_synthesis(config)
-    run_training(config)
-    run_evaluation(config)
-    report = Path(config.with_absolute_paths().output_dir) / "evaluation" / "report.md"
-    if report.is_file():
-        print(report.read_text())
+    print(f"adapt run: run directory {run_dir}")
+    print(f"adapt run: stages: {' -> '.join(stages)}")
+    print(f"adapt run: route: {describe_route(config)}")
+    summary: dict = {"config": str(args.config), "route": describe_route(config)}
+    if config.synthesizer_tuning is not None:
+        tuning = run_synthesizer_tuning(config)
+        summary["synthesizer_tuning"] = {key: tuning.get(key) for key in TRAINING_SUMMARY_KEYS}
+    synthesis = run_synthesis(config)
+    summary["synthesis"] = {key: synthesis[key] for key in SYNTHESIS_SUMMARY_KEYS}
+    training = run_training(config)
+    summary["training"] = {key: training.get(key) for key in TRAINING_SUMMARY_KEYS}
+    summary["evaluation"] = results = run_evaluation(config)
+    summary["adapted_vs_base"] = compare_to_base(results)
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    with fsspec.open(f"{run_dir}/{RUN_SUMMARY}", "w") as file:
+        file.write(json.dumps(summary, indent=2) + "\n")
+    with fsspec.open(f"{run_dir}/evaluation/report.md") as file:
+        print(file.read().decode())
+    for line in summary["adapted_vs_base"]:
+        print(f"adapt run: {line}")
+    print(f"adapt run: done in {summary['seconds']:.0f} s; summary in {run_dir}/{RUN_SUMMARY}")
+    return EXIT_OK
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from engine.ablation import run_ablation, select_variants
+
+    variants = [variant.name for variant in select_variants(args.variants.split(",") if args.variants else None)]
+    print(run_ablation(_require(_require(_load(args), "training"), "evaluation"), variants))
     return EXIT_OK
 
 
@@ -146,8 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adapt",
         description="Adapt a multimodal LLM to a domain from image-caption pairs (the AdaMLLM method, on Ray).",
-        epilog=f"Exit codes: {EXIT_OK} success, {EXIT_INVALID} invalid config or arguments, "
-        f"{EXIT_NOT_BUILT} verb not available in this version.",
+        epilog=f"Exit codes: {EXIT_OK} success, {EXIT_INVALID} invalid config or arguments.",
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -160,12 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb("synthesize", "Image-caption shards -> synthesizer -> consistency filter -> Parquet instruction set.",
          cmd_synthesize)
+    verb("tune-synthesizer", "Tune the `synthesizer_tuning` model into a task synthesizer on seed tasks.",
+         cmd_tune_synthesizer)
     verb("train", "Single-stage post-training (Ray Train + DeepSpeed); `training.task=synthesizer` tunes a synthesizer.",
          cmd_train)
     verb("evaluate", "Score the base and adapted models on the domain's benchmarks; write the report.", cmd_evaluate)
     verb("run", "synthesize -> train -> evaluate -> report in one run directory, skipping finished stages.", cmd_run)
-    verb("ablate", "Run the paper's ablation grid (synthesizer, filter, single vs two stage) and tabulate it.",
-         cmd_stage)
+    ablate = verb("ablate", "Run the paper's ablation grid (synthesizer, filter, single vs two stage, caption-only) "
+                  "and print one table.", cmd_ablate)
+    ablate.add_argument("--variants", help="comma-separated subset of: " + ", ".join(ABLATION_VARIANTS))
     verb("check-config", "Validate a config and print it resolved (defaults filled in). Exit 0 valid, 2 invalid.",
          cmd_check_config)
 

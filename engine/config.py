@@ -144,6 +144,12 @@ class EngineConfig(Section):
         description="vLLM CPU build: cores for this pool's engines (VLLM_CPU_OMP_THREADS_BIND, e.g. '0' or '0-3'), so "
         "the synthesizer and the judge do not share a core.",
     )
+    fixed_output_length: bool = Field(
+        False,
+        description="Benchmarks only (backends vllm and transformers): every request generates exactly its max_tokens "
+        "tokens, the end-of-sequence token and stop strings do not end it, so runs of random-weight models do equal "
+        "work.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:
@@ -160,6 +166,8 @@ class EngineConfig(Section):
             raise FieldProblem("base_url", f"is only used by backend 'openai' (backend is {self.backend!r})")
         if self.cpu_threads_bind is not None and self.device != "cpu":
             raise FieldProblem("cpu_threads_bind", "only applies to device 'cpu'")
+        if self.fixed_output_length and self.backend == "openai":
+            raise FieldProblem("fixed_output_length", "is only honoured by backends 'vllm' and 'transformers'")
         if self.backend == "vllm" and self.device == "cpu" and self.kv_cache_gib is None:
             raise FieldProblem("kv_cache_gib", "vLLM on CPU needs it (its default reservation fails on small machines)")
         _require_local_path_exists(self.model, "model")
@@ -300,10 +308,28 @@ class RunConfig(Section):
     data: DataConfig = Field(description="The image-caption data set.")
     synthesis: SynthesisConfig = Field(description="How tasks are synthesized from each pair.")
     filter: FilterConfig = Field(description="The consistency filter over synthesized tasks.")
+    synthesizer_tuning: TrainingConfig | None = Field(
+        None,
+        description="Tune a model into the task synthesizer on seed tasks first (task 'synthesizer', dataset a "
+        "seed-task set); synthesis then runs the tuned model in place of synthesis.engine.model.",
+    )
     training: TrainingConfig | None = Field(None, description="Post-training (needed by `adapt train` and `run`).")
     evaluation: EvaluationConfig | None = Field(
         None, description="Benchmarks and inference settings (needed by `adapt evaluate` and `run`)."
     )
+
+    @model_validator(mode="after")
+    def _check_tuning(self) -> RunConfig:
+        tuning = self.synthesizer_tuning
+        if tuning is None:
+            return self
+        if tuning.task != "synthesizer":
+            raise FieldProblem("synthesizer_tuning.task", f"must be 'synthesizer', got {tuning.task!r}")
+        if tuning.dataset is None:
+            raise FieldProblem("synthesizer_tuning.dataset", "synthesizer tuning needs a seed-task Parquet set")
+        if self.synthesis.synthesizer != "model":
+            raise FieldProblem("synthesis.synthesizer", "a tuned synthesizer needs synthesizer 'model'")
+        return self
 
     def with_absolute_paths(self) -> RunConfig:
         """The same config with every local path absolute, as stage drivers hand it to Ray workers."""
@@ -314,9 +340,10 @@ class RunConfig(Section):
             engine = (tree.get(section) or {}).get("engine")
             if engine:
                 engine["model"] = absolute(engine["model"])
-        if tree.get("training"):
-            for key in ("model", "deepspeed_config", "dataset"):
-                tree["training"][key] = tree["training"][key] and absolute(tree["training"][key])
+        for section in ("synthesizer_tuning", "training"):
+            if tree.get(section):
+                for key in ("model", "deepspeed_config", "dataset"):
+                    tree[section][key] = tree[section][key] and absolute(tree[section][key])
         if tree.get("evaluation"):
             for benchmark in tree["evaluation"]["benchmarks"]:
                 benchmark["path"] = benchmark["path"] and absolute(benchmark["path"])

@@ -1,4 +1,4 @@
-"""The `adapt` command line: help for every verb, check-config's exit codes, honest refusals of unbuilt verbs."""
+"""The `adapt` command line: help for every verb, check-config's exit codes, refusals of bad input, the route line."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.cli import EXIT_INVALID, EXIT_NOT_BUILT, build_parser, main
+from engine.cli import EXIT_INVALID, build_parser, describe_route, main
+from engine.config import load_config
 from tests.conftest import base_tree, write_config
 
-VERBS = ["synthesize", "train", "evaluate", "run", "score", "report", "ablate", "check-config"]
+VERBS = ["synthesize", "tune-synthesizer", "train", "evaluate", "run", "score", "report", "ablate", "check-config"]
 
 
 def test_console_script_prints_help():
@@ -47,12 +48,28 @@ def test_check_config_exits_two_naming_the_field(workdir, capsys):
     assert "command line: training.num_workers: Input should be greater than or equal to 1" in err
 
 
-@pytest.mark.parametrize("verb", ["ablate"])
-def test_unbuilt_stage_verbs_validate_then_refuse(verb, workdir, capsys):
+def test_ablate_refuses_an_unknown_variant_and_an_invalid_config(workdir, capsys):
     path = write_config(workdir, base_tree())
-    assert main([verb, str(path)]) == EXIT_NOT_BUILT
-    assert "not available in this version" in capsys.readouterr().err
-    assert main([verb, str(path), "data.format=csv"]) == EXIT_INVALID
+    assert main(["ablate", str(path), "--variants", "caption_only,nope"]) == EXIT_INVALID
+    assert "--variants: unknown nope; choose from caption_only" in capsys.readouterr().err
+    assert main(["ablate", str(path), "data.format=csv"]) == EXIT_INVALID
+    assert "command line: data.format" in capsys.readouterr().err
+
+
+def test_tune_synthesizer_needs_its_section(workdir, capsys):
+    assert main(["tune-synthesizer", str(write_config(workdir, base_tree()))]) == EXIT_INVALID
+    assert "synthesizer_tuning: this verb needs a `synthesizer_tuning` section" in capsys.readouterr().err
+
+
+def test_route_names_the_shortcuts_it_takes(workdir):
+    tree = base_tree()
+    assert describe_route(load_config(write_config(workdir, tree))) == (
+        "synthesizer: ./models/vlm on vllm; consistency judge: ./models/judge on vllm")
+    tree["synthesis"]["synthesizer"] = "rule_based"
+    tree["filter"]["judge"] = "lexical"
+    assert describe_route(load_config(write_config(workdir, tree))) == (
+        "synthesizer: rule-based templates over the caption (no model); "
+        "consistency judge: lexical word-overlap heuristic (no model)")
 
 
 @pytest.mark.parametrize("verb", ["train", "evaluate", "run"])

@@ -145,3 +145,31 @@ def test_absolute_paths_for_workers(workdir):
     assert config.synthesis.engine.model == str(workdir / "models/vlm")
     assert config.training.deepspeed_config == str(workdir / "ds.json")
     assert config.output_dir == str(workdir / "runs/x")
+
+
+def tuning_tree(**changes) -> dict:
+    tree = base_tree()
+    tree["synthesizer_tuning"] = {**tree["training"], "task": "synthesizer", "dataset": "./ds.json", **changes}
+    return tree
+
+
+def test_synthesizer_tuning_paths_become_absolute(workdir):
+    config = load_config(write_config(workdir, tuning_tree())).with_absolute_paths()
+    assert config.synthesizer_tuning.dataset == str(workdir / "ds.json")
+    assert config.synthesizer_tuning.model == str(workdir / "models/vlm")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"task": "target"}, "synthesizer_tuning.task: must be 'synthesizer', got 'target'"),
+    ({"dataset": None}, "synthesizer_tuning.dataset: synthesizer tuning needs a seed-task Parquet set"),
+])
+def test_synthesizer_tuning_is_checked(workdir, change, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(workdir, tuning_tree(**change)))
+
+
+def test_a_tuned_synthesizer_needs_the_model_synthesizer(workdir):
+    tree = tuning_tree()
+    tree["synthesis"]["synthesizer"] = "rule_based"
+    with pytest.raises(ConfigError, match="synthesis.synthesizer: a tuned synthesizer needs synthesizer 'model'"):
+        load_config(write_config(workdir, tree))

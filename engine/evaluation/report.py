@@ -93,17 +93,17 @@ def completed_pairs(eval_dir: str, fs: fsspec.AbstractFileSystem) -> list[tuple[
 # Rendering
 
 
-def _metric_rows(results: Results) -> list[tuple[str, str]]:
+def metric_rows(results: Results) -> list[tuple[str, str]]:
     """(task, metric) pairs present in the results, tasks in registry order, metrics in each task's order."""
     tasks = ordered_tasks({task for scores in results.values() for task in scores})
     return [(task, metric) for task in tasks for metric in get_task(task).metrics]
 
 
-def _value(results: Results, model: str, task: str, metric: str) -> float | None:
+def score_value(results: Results, model: str, task: str, metric: str) -> float | None:
     return results.get(model, {}).get(task, {}).get(metric)
 
 
-def _cell(value: float | None, signed: bool = False) -> str:
+def format_cell(value: float | None, signed: bool = False) -> str:
     if value is None:
         return "–"
     return f"{value:+.2f}" if signed else f"{value:.2f}"
@@ -116,12 +116,13 @@ def render_markdown(results: Results) -> str:
     header = ["Task", "Metric", *models, *(f"Δ {model} vs {BASE_MODEL}" for model in compared)]
     lines = ["# Evaluation report", "", "Scores x100, mean over examples (DESIGN.md section 4, Evaluation).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for task, metric in _metric_rows(results):
-        values = [_value(results, model, task, metric) for model in models]
-        base = _value(results, BASE_MODEL, task, metric)
-        deltas = [None if base is None or (v := _value(results, model, task, metric)) is None else v - base
+    for task, metric in metric_rows(results):
+        values = [score_value(results, model, task, metric) for model in models]
+        base = score_value(results, BASE_MODEL, task, metric)
+        deltas = [None if base is None or (v := score_value(results, model, task, metric)) is None else v - base
                   for model in compared]
-        cells = [get_task(task).title, metric, *map(_cell, values), *(_cell(d, signed=True) for d in deltas)]
+        cells = [get_task(task).title, metric, *map(format_cell, values),
+                 *(format_cell(delta, signed=True) for delta in deltas)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Examples per task (n scored; errors = examples without an answer, scored as wrong):", ""]
     for model in models:
@@ -141,11 +142,11 @@ def render_chart(results: Results) -> bytes:
     import matplotlib.pyplot as plt
 
     models = ordered_models(results)
-    rows = _metric_rows(results)
+    rows = metric_rows(results)
     width = 0.8 / max(len(models), 1)
     figure, axes = plt.subplots(figsize=(max(5.0, 1.2 * len(rows) + 2), 4))
     for position, model in enumerate(models):
-        heights = [_value(results, model, task, metric) or 0.0 for task, metric in rows]
+        heights = [score_value(results, model, task, metric) or 0.0 for task, metric in rows]
         offsets = [i + (position - (len(models) - 1) / 2) * width for i in range(len(rows))]
         bars = axes.bar(offsets, heights, width, label=model)
         axes.bar_label(bars, fmt="%.1f", fontsize=7)

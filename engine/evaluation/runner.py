@@ -53,6 +53,7 @@ from engine.evaluation.benchmarks import (
 )
 from engine.evaluation.tasks import TaskSpec, get_task
 from engine.io.images import ImageLimits, Problem, decode_image
+from engine.io.stage_dir import TRAINING_STAGE, trained_model_dir
 from engine.models.backends import GenerationRequest, create_backend
 from engine.models.families import FAMILIES, get_family, render
 from engine.records import PREDICTION_SCHEMA
@@ -85,7 +86,7 @@ def models_to_score(config: RunConfig) -> dict[str, str]:
     evaluation = config.evaluation
     models = {report.BASE_MODEL: config.training.model if config.training else evaluation.engine.model}
     models.update(evaluation.models)
-    adapted = f"{config.output_dir.rstrip('/')}/training/model"
+    adapted = trained_model_dir(config.output_dir, TRAINING_STAGE)
     fs, fs_adapted = fsspec.core.url_to_fs(adapted)
     if "adapted" not in models and fs.exists(f"{fs_adapted}/config.json"):
         models["adapted"] = adapted

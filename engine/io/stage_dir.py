@@ -17,6 +17,16 @@ from engine.config import ConfigError
 MANIFEST = "manifest.json"
 OWNER = "run.json"
 
+# Stage folders that hold a trained model, and where in them the exported HF folder lies.
+TRAINING_STAGE = "training"
+TUNING_STAGE = "synthesizer_tuning"
+MODEL_DIR = "model"
+
+
+def trained_model_dir(run_dir: str, stage: str) -> str:
+    """Where a training stage of the run in `run_dir` exports its model."""
+    return f"{run_dir.rstrip('/')}/{stage}/{MODEL_DIR}"
+
 
 class StageDir:
     def __init__(self, run_dir: str, stage: str, fingerprint: str):

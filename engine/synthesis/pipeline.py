@@ -29,7 +29,7 @@ from engine.config import ConfigError, EngineConfig, RunConfig
 from engine.io.images import ImageLimits
 from engine.io.ray_datasource import CaptionShardDatasource
 from engine.io.sources import dataset_root, list_shards
-from engine.io.stage_dir import StageDir
+from engine.io.stage_dir import TUNING_STAGE, StageDir, trained_model_dir
 from engine.io.validation import validate_row
 from engine.runtime import engine_actor_options, ray_session
 from engine.synthesis import outputs
@@ -56,8 +56,10 @@ class ValidateRows(RowStep):
 
 
 def synthesis_fingerprint(config: RunConfig) -> str:
-    """What decides a synthesis run's outputs: its data, synthesizer, filter and seed, not its resources."""
-    sections = config.model_dump(mode="json", include={"seed", "data", "synthesis", "filter"})
+    """What decides a synthesis run's outputs: its data, synthesizer (and how it was tuned), filter and seed, not its
+    resources."""
+    sections = config.model_dump(mode="json", include={"seed", "data", "synthesis", "filter", "synthesizer_tuning"},
+                                 exclude_none=True)
     for section in ("synthesis", "filter"):
         if sections[section].get("engine"):
             sections[section]["engine"] = {k: v for k, v in sections[section]["engine"].items()
@@ -97,12 +99,24 @@ def _publish(rows_file: str, out: str, fs: fsspec.AbstractFileSystem, duplicates
             pq.write_table(projected, f"{out}/{name}/{stem}", filesystem=fs)
 
 
+def with_tuned_synthesizer(config: RunConfig) -> RunConfig:
+    """The config whose synthesizer is the model `synthesizer_tuning` exported, when the run tunes one."""
+    if config.synthesizer_tuning is None:
+        return config
+    tuned = trained_model_dir(config.output_dir, TUNING_STAGE)
+    fs, path = fsspec.core.url_to_fs(tuned)
+    if not fs.exists(f"{path}/config.json"):
+        raise ConfigError(f"synthesizer_tuning: no tuned synthesizer in {tuned} (run `adapt tune-synthesizer` first)")
+    engine = config.synthesis.engine.model_copy(update={"model": tuned})
+    return config.model_copy(update={"synthesis": config.synthesis.model_copy(update={"engine": engine})})
+
+
 class SynthesisStage:
     """One synthesis run in `{output_dir}/synthesis`: run (or resume) the stream, then publish and account."""
 
     def __init__(self, config: RunConfig):
         self.fingerprint = synthesis_fingerprint(config)  # of the config as written: stable if the folder moves
-        self.config = config = config.with_absolute_paths()
+        self.config = config = with_tuned_synthesizer(config.with_absolute_paths())
         self.dir = StageDir(config.output_dir, "synthesis", self.fingerprint)
         self.out, self.fs, self.fs_out = self.dir.url, self.dir.fs, self.dir.root
 

@@ -47,6 +47,7 @@ class ModelSynthesizer(RowStep):
             temperature=self._engine.temperature,
             stop=list(synthesizer_stop(self._family)),
             keep_special_tokens=True,  # turns are split on the family's special tokens
+            stop_at_eos=False,  # it writes several turns: only the end of text ends it
         )
 
     def process(self, rows: list[dict[str, Any]]) -> None:

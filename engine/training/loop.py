@@ -60,7 +60,7 @@ from ray.data import FileShuffleConfig
 from ray.train.torch import TorchTrainer
 
 from engine.config import ConfigError, RunConfig, TrainingConfig, is_url
-from engine.io.stage_dir import StageDir
+from engine.io.stage_dir import MODEL_DIR, TRAINING_STAGE, TUNING_STAGE, StageDir
 from engine.models.loading import load_model, load_processor
 from engine.runtime import ray_session
 from engine.training import mixture
@@ -68,7 +68,6 @@ from engine.training.collate import DROP_REASONS, TRUNCATED, Collator
 from engine.training.export import gather_weights, save_model_folder
 
 CHECKPOINTS_DIR = "checkpoints"
-MODEL_DIR = "model"
 METRICS_FILE = "metrics.csv"
 DEEPSPEED_TAG = "deepspeed"
 # Rows a worker shuffles locally before batching: mixes neighbouring examples without a global shuffle's cost.
@@ -583,15 +582,16 @@ def training_fingerprint(config: RunConfig) -> str:
 
 
 class TrainingStage:
-    """One training run in `{output_dir}/training`: train (or resume), export, write manifest.json."""
+    """One training run in `{output_dir}/{stage}`: train (or resume), export, write manifest.json. The run's
+    `training` section says what to train; `run_synthesizer_tuning` hands it the `synthesizer_tuning` section."""
 
-    def __init__(self, config: RunConfig):
+    def __init__(self, config: RunConfig, stage: str = TRAINING_STAGE):
         if config.training is None:
             raise ConfigError("training: the config has no training section")
         self.fingerprint = training_fingerprint(config)  # of the config as written: stable if the folder moves
         self.config = config = config.with_absolute_paths()
         self.training = config.training
-        self.dir = StageDir(config.output_dir, "training", self.fingerprint)
+        self.dir = StageDir(config.output_dir, stage, self.fingerprint)
         self.out = self.dir.url
 
     def dataset(self) -> str:
@@ -681,3 +681,10 @@ class TrainingStage:
 def run_training(config: RunConfig) -> dict[str, Any]:
     """`adapt train`: train (or resume, or skip when complete) and return the manifest."""
     return TrainingStage(config).run()
+
+
+def run_synthesizer_tuning(config: RunConfig) -> dict[str, Any]:
+    """`adapt tune-synthesizer`: the `synthesizer_tuning` section trained like `training`, into its own folder."""
+    if config.synthesizer_tuning is None:
+        raise ConfigError("synthesizer_tuning: the config has no synthesizer_tuning section")
+    return TrainingStage(config.model_copy(update={"training": config.synthesizer_tuning}), TUNING_STAGE).run()

@@ -144,9 +144,7 @@ def test_two_models_on_the_demo_benchmark(ray_cluster, demo_benchmark, tiny_mode
     assert manifest["models"] == {"base": str(tiny_model_dir / "tiny-qwen2-vl"), "adapted": str(second_model)}
     assert manifest["predictions"]["base"]["demo_vqa"]["rows"] == BENCHMARK_ROWS
 
-    started = time.monotonic()
     assert run_evaluation(config) == report  # complete: re-reported from the files, no inference
-    assert time.monotonic() - started < 10
     skipped = json.loads((evaluation / "manifest.json").read_text())["predictions"]
     assert skipped["base"]["demo_vqa"]["skipped"] and skipped["adapted"]["demo_vqa"]["skipped"]
 

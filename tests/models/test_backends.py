@@ -152,6 +152,22 @@ def test_transformers_text_llm_batch_stop_and_sampling(hf_text):
     assert sampled.error is None
 
 
+def test_transformers_stop_at_eos_false_writes_past_the_end_of_sequence_tokens(hf_text, monkeypatch):
+    # Make the model's first greedy token an end-of-sequence token: a default request then ends at once, while a
+    # synthesizer-style request (stop_at_eos False) goes on to its stop string or its budget.
+    (free,) = hf_text.generate([GenerationRequest("A plate of", max_tokens=MAX_TOKENS)])
+    prompt_length = len(hf_text._tokenizer("A plate of")["input_ids"])
+    first = hf_text._tokenizer("A plate of" + free.text)["input_ids"][prompt_length]
+    monkeypatch.setattr(hf_text, "_eos_ids", hf_text._eos_ids | {first})
+    monkeypatch.setattr(hf_text._model.generation_config, "eos_token_id", sorted(hf_text._eos_ids))
+    (ended,) = hf_text.generate([GenerationRequest("A plate of", max_tokens=MAX_TOKENS)])
+    (continued,) = hf_text.generate([GenerationRequest("A plate of", max_tokens=MAX_TOKENS, stop_at_eos=False,
+                                                       stop=["<|endoftext|>"])])
+    assert (ended.text, ended.output_tokens) == ("", 1)
+    assert continued.output_tokens > 1
+    assert continued.text.startswith(hf_text._tokenizer.decode([first]))
+
+
 def test_transformers_text_model_refuses_images(hf_text):
     with_image = GenerationRequest("Describe the image.", [noise_image((56, 56), 0)], max_tokens=MAX_TOKENS)
     results = hf_text.generate([with_image, GenerationRequest("A", max_tokens=MAX_TOKENS)])
@@ -225,6 +241,11 @@ def test_vllm_bad_requests_fail_alone(vllm_vlm):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_vllm_stop_at_eos_false_ignores_the_end_of_sequence_tokens(vllm_vlm):
+    assert vllm_vlm._sampling_params(GenerationRequest("A", stop_at_eos=False)).ignore_eos
+    assert not vllm_vlm._sampling_params(GenerationRequest("A")).ignore_eos
+
+
 def test_vllm_stop_string(vllm_vlm):
     (free,) = vllm_vlm.generate([GenerationRequest("A plate of", max_tokens=MAX_TOKENS)])
     stop = free.text[len(free.text) // 2 : len(free.text) // 2 + 2]

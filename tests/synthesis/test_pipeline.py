@@ -9,9 +9,10 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from engine.config import ConfigError, RunConfig
+from engine.config import ConfigError, RunConfig, load_config
 from engine.cli import main
-from engine.synthesis.pipeline import SynthesisStage
+from engine.synthesis.pipeline import SynthesisStage, synthesis_fingerprint, with_tuned_synthesizer
+from tests.conftest import base_tree, write_config
 from tests.fixtures import CORRUPT_EXPECTATIONS, write_corrupt_jsonl_dataset, write_pairs_as
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -113,3 +114,18 @@ def test_every_input_format_through_the_pipeline(data_format, ray_cluster, tmp_p
     assert manifest["rows_in"] == manifest["rows_out"] == 6
     ids = sorted(row["id"] for row in read_set(tmp_path / "run", "instructions"))
     assert ids == [f"pair-{i:05d}" for i in range(6)]
+
+
+def test_a_tuned_synthesizer_replaces_the_configured_model(workdir):
+    tree = base_tree()
+    tree["synthesizer_tuning"] = dict(tree["training"], task="synthesizer", dataset="./ds.json")
+    config = load_config(write_config(workdir, tree)).with_absolute_paths()
+    with pytest.raises(ConfigError, match="no tuned synthesizer in .*synthesizer_tuning/model"):
+        with_tuned_synthesizer(config)
+    tuned = workdir / "runs/x/synthesizer_tuning/model"
+    tuned.mkdir(parents=True)
+    (tuned / "config.json").write_text("{}")
+    assert with_tuned_synthesizer(config).synthesis.engine.model == str(tuned)
+    # How the synthesizer was tuned decides the tasks: it is part of the synthesis fingerprint.
+    untuned = load_config(write_config(workdir, base_tree()))
+    assert synthesis_fingerprint(config) != synthesis_fingerprint(untuned)

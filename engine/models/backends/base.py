@@ -27,7 +27,9 @@ class GenerationRequest:
     """One prompt to complete.
 
     ``stop`` strings end the output and are not part of it (vLLM's convention). ``keep_special_tokens`` keeps tokens
-    such as ``<|eot_id|>`` in the text, which the synthesizer needs to split the turns it writes.
+    such as ``<|eot_id|>`` in the text, which the synthesizer needs to split the turns it writes. ``stop_at_eos``
+    False lets only the stop strings end the output: a synthesizer writes several turns, and the end-of-turn tokens
+    its checkpoint lists as end-of-sequence must not end them.
     """
 
     prompt: str
@@ -36,6 +38,7 @@ class GenerationRequest:
     temperature: float = 0.0
     stop: Sequence[str] | None = None
     keep_special_tokens: bool = False
+    stop_at_eos: bool = True
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ the text, and a stop string ends the text without being part of it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,7 @@ class TransformersBackend(Backend):
     def __init__(self, config: EngineConfig):
         self._model_id = config.model
         self._device = torch.device(config.device)
+        self._fixed_output_length = config.fixed_output_length
         self._processor = load_processor(config.model, trust_remote_code=config.trust_remote_code)
         takes_images = not isinstance(self._processor, PreTrainedTokenizerBase)
         self._tokenizer = self._processor.tokenizer if takes_images else self._processor
@@ -44,6 +46,8 @@ class TransformersBackend(Backend):
         return self._model_id
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        if self._fixed_output_length:  # stop strings would end generation early (end-of-sequence: min_new_tokens)
+            requests = [dataclasses.replace(request, stop=None) for request in requests]
         return run_isolating_failures(requests, self._generate_batch)
 
     def close(self) -> None:
@@ -54,7 +58,8 @@ class TransformersBackend(Backend):
     def _generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         groups: dict[tuple, list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
-            groups[(request.max_tokens, request.temperature, tuple(request.stop or ()))].append(index)
+            key = (request.max_tokens, request.temperature, tuple(request.stop or ()), request.stop_at_eos)
+            groups[key].append(index)
         results: list[GenerationResult | None] = [None] * len(requests)
         for indices in groups.values():
             group = [requests[index] for index in indices]
@@ -85,6 +90,8 @@ class TransformersBackend(Backend):
 
     def _generation_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": request.max_tokens, "pad_token_id": self._pad_id}
+        if self._fixed_output_length:
+            kwargs["min_new_tokens"] = request.max_tokens  # suppresses the end-of-sequence tokens until then
         if request.temperature > 0:
             # Plain temperature sampling, as vLLM does with these parameters, whatever the checkpoint's defaults say.
             kwargs.update(do_sample=True, temperature=request.temperature, top_k=0, top_p=1.0)
@@ -92,7 +99,17 @@ class TransformersBackend(Backend):
             kwargs["do_sample"] = False
         if request.stop:
             kwargs.update(stop_strings=list(request.stop), tokenizer=self._tokenizer)
+        if not request.stop_at_eos:
+            kwargs["eos_token_id"] = sorted(self._request_eos_ids(request)) or None
         return kwargs
+
+    def _request_eos_ids(self, request: GenerationRequest) -> set[int]:
+        """The tokens that end this request: the checkpoint's end-of-sequence tokens, or with ``stop_at_eos`` False
+        only the stop strings that are single tokens (``generate`` stops on the others by itself)."""
+        if request.stop_at_eos:
+            return self._eos_ids
+        vocabulary = self._tokenizer.get_vocab()
+        return {vocabulary[stop] for stop in request.stop or () if stop in vocabulary}
 
     def _result(self, tokens: list[int], request: GenerationRequest, prompt_length: int) -> GenerationResult:
         produced, output_tokens = self._produced_tokens(tokens, request)
@@ -107,10 +124,11 @@ class TransformersBackend(Backend):
         A row ends at its first end-of-sequence token (generated and counted, not shown) or, when a stop string ended
         it, where the padding begins that ``generate`` appends while the rest of the batch runs on.
         """
+        eos_ids = self._request_eos_ids(request)
         for position, token in enumerate(tokens):
             if token == self._pad_id and _contains_stop(tokens[:position], request, self._tokenizer):
                 return tokens[:position], position
-            if token in self._eos_ids:
+            if token in eos_ids:
                 return tokens[:position], position + 1
         return tokens, len(tokens)
 

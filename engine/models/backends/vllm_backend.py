@@ -52,6 +52,7 @@ class VLLMBackend(Backend):
 
         self._sampling_params_class = SamplingParams
         self._model_id = config.model
+        self._fixed_output_length = config.fixed_output_length
         self._llm = LLM(**engine_kwargs(config))
 
     @property
@@ -68,11 +69,15 @@ class VLLMBackend(Backend):
         return [_result(output) for output in outputs]
 
     def _sampling_params(self, request: GenerationRequest) -> Any:
+        # min_tokens masks the end-of-sequence tokens until then, and vLLM checks stop strings only after min_tokens.
+        fixed = {"min_tokens": request.max_tokens} if self._fixed_output_length else {}
         return self._sampling_params_class(
             temperature=request.temperature,
             max_tokens=request.max_tokens,
             stop=list(request.stop) if request.stop else None,
             skip_special_tokens=not request.keep_special_tokens,
+            ignore_eos=not request.stop_at_eos,
+            **fixed,
         )
 
     def close(self) -> None:
