@@ -1,4 +1,5 @@
-"""`adapt synthesize configs/demo.yaml` with real model engines (the tiny offline models) on the session's local Ray."""
+"""`adapt synthesize configs/demo.yaml` on the model route with real engines (the tiny offline models) on the
+session's local Ray."""
 
 from __future__ import annotations
 
@@ -25,8 +26,11 @@ def small_demo_data(tmp_path_factory):
 
 
 def demo_overrides(data, models, output_dir) -> list[str]:
-    """configs/demo.yaml pointed at test-built data and models; everything else as shipped."""
+    """configs/demo.yaml's model route (as `make demo` runs it) pointed at test-built data and models; everything
+    else as shipped."""
     return [
+        "synthesis.synthesizer=model",
+        "filter.judge=llm",
         f"data.path={data / 'captions'}",
         f"output_dir={output_dir}",
         f"synthesis.engine.model={models / 'tiny-qwen2-vl'}",
