@@ -1,111 +1,626 @@
 """Benchmarks of the engine against the loops users would otherwise write, as ratios measured in one run.
 
-    python tools/bench.py --quick          # a few minutes on 2 cores
-    python tools/bench.py --rows 800       # the full demo data set
+    python tools/bench.py --quick                                  # under 10 minutes on 2 cores
+    python tools/bench.py                                          # larger inputs: about 15 minutes
+    python tools/bench.py --only resume_work,memory_10x_vs_1x      # a subset
+    python tools/bench.py --quick --only synthesis_vs_vllm_loop synthesis.engine.batch_size=32   # try a setting
 
-Each figure is one line: `BENCH <name> value=<v> baseline=<b> ratio=<r>`.
+Each figure is one line on stdout, `BENCH <name> value=<v> baseline=<b> ratio=<r>`; details (seconds, token rates,
+where the time went) go to stderr as `# ` lines. The inputs are built offline into a work folder by the project's own
+tools (demo pairs and benchmark by tools/make_demo_data.py, tiny random-weight models by tools/make_tiny_models.py).
+Engine commands run as `adapt VERB configs/demo.yaml OVERRIDES`, each in its own process session with its own local
+Ray, and are timed from process start to exit, interpreter, Ray and engine start-up included, as a user waits for
+them; baselines are timed the same way unless said otherwise. Overrides given on the command line apply to the engine
+commands and to the baselines (which read their model and token settings from the same config).
 
-synthesis_vs_vllm_loop: rows/s of `adapt synthesize` (Ray Data; vLLM synthesizer and judge pools streaming) against a
-hand-written single-process loop that calls vLLM's `LLM.generate` on all prompts at once for the synthesizer, then for
-the judge. Same inputs, same tiny models, same engine settings and token budgets; both timed from process start to
-results on disk or in memory, engine start-up included.
+Equal work: a random-weight model stops at random points, so every engine and every baseline generates exactly its
+`max_tokens` per request (EngineConfig.fixed_output_length in the engine, min_tokens / min_new_tokens in the loops).
+Budgets: the synthesizer the released synthesizer's 512 tokens, the judge 2, evaluation answers EVALUATION_TOKENS. The
+tiny synthesizer never writes a parseable task, so the judge starts but judges nothing, in the pipeline and the loops
+alike. Threads are every library's default on both sides; each command's detail line says how busy the rest of the
+machine was, and warns when that makes its figures untrustworthy (QUIET_CORES). On top of configs/demo.yaml the
+engine runs the model route (MODEL_ROUTE) with ENGINE_TUNING, the synthesis settings measured best on 2 cores. Input
+sizes: QUICK and FULL.
+
+synthesis_vs_vllm_loop   input pairs/s of `adapt synthesize` (read, validate, synthesizer pool, judge pool, compose,
+    Parquet, finalize) / the same of a hand-written single-process loop: one vLLM engine, every prompt in one
+    `LLM.generate` call, parse, then a judge engine over the parsed tasks. Output tokens/s of both on stderr.
+synthesis_vs_hf_loop     input pairs/s of the same `adapt synthesize` run / the same of a naive loop calling
+    transformers' `generate` once per pair (then once per parsed task with the judge). It runs on the first `hf_pairs`
+    pairs only (it takes seconds per pair) and is timed over its generation alone, model loading excluded, which
+    flatters it.
+memory_10x_vs_1x         peak summed resident memory (RSS, GiB) of every process of an `adapt synthesize` session
+    (driver, Ray's daemons and workers, engine actors), sampled every RSS_SAMPLE_S: value = the run above on `pairs`
+    pairs, baseline = the same settings on a tenth of them; ratio 10x/1x. A page shared between processes (Ray's
+    object store, libraries) counts once per process, so the sums are upper bounds; the ratio is what the figure is for.
+resume_work              rows processed / rows in for a synthesis of `resume_pairs` pairs (64-token tasks, batches of
+    RESUME_BATCH) killed with SIGKILL to its process group once half its rows are written, then run again. Rows
+    processed = the rows the killed run wrote (its `_rows` files) + the restarted run's `rows_processed_this_run`; 1.0
+    means no row was processed twice. Rows inside the engine pools at the kill are lost work that no file shows.
+evaluation_vs_vllm_loop  benchmark rows/s of `adapt evaluate` (the base model on demo_vqa: table, actor pool,
+    predictions, scores, report) / a hand-written loop over the same rows: same prompts and max_tokens, every prompt
+    in one `LLM.generate` call, scored with the same metrics.
+training_ray_vs_plain    training samples/s of `adapt train` (Ray Train, 2 CPU workers, DeepSpeed ZeRO-2 from
+    configs/deepspeed/zero2.json) / a single-process PyTorch loop without Ray or DeepSpeed: same tiny model, same
+    examples through the engine's mixture and collator, same micro-batch, global batch and steps, AdamW, the model
+    saved at the end. The instruction set comes from an untimed rule-based synthesis. Stderr splits both into
+    start-up and steps (the engine's steps from its metrics.csv).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import dataclasses
+import functools
 import io
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+ADAPT = str(Path(sys.executable).with_name("adapt"))
+# The baselines run vLLM inside their own process, as the engine's actors do (engine.runtime): it starts faster.
+BASELINE_PROCESS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+# Threads are the libraries' defaults on both sides, as a user's would be. A process running two OpenMP threads on
+# 2 cores slows down 10x or more as soon as another process takes a core (its barriers spin while a thread waits for
+# the core), so a figure is only trusted when the rest of the machine stayed below this many busy cores.
+QUIET_CORES = 0.25
+
+SYNTHESIZER_TOKENS = 512  # the released synthesizer's budget (engine.synthesis.prompts.MAX_NEW_TOKENS)
+SHORT_SYNTHESIZER_TOKENS = 64  # configs/demo.yaml's: resume depends on rows, not on answer length
+EVALUATION_TOKENS = 64
+RESUME_BATCH = 32
+# Synthesis settings measured best on 2 cores, on top of configs/demo.yaml: on 1024 pairs of a quiet machine, 112 s
+# with its one synthesizer actor and batches of 16, 65 s with batches of 256 (a decode step of 256 sequences costs
+# ~20 ms, of 32 ~4 ms: 0.08 against 0.13 ms a token), 55 s with two actors, which the OS spreads over the cores (vLLM
+# 0.32's in-process engine ignores cpu_threads_bind). Under 512 pairs, batches of 256 leave the second actor idle.
+ENGINE_TUNING = ("synthesis.engine.concurrency=2", "synthesis.engine.batch_size=256")
+ENGINE_SECTIONS = ("synthesis", "filter", "evaluation")
+# The work measured, whatever configs/demo.yaml's route is: synthesis and judging by models, one training epoch.
+MODEL_ROUTE = ("synthesis.synthesizer=model", "filter.enabled=true", "filter.judge=llm", "training.epochs=1",
+               "training.max_steps=null")
+RSS_SAMPLE_S = 0.5
+COMMAND_TIMEOUT_S = 1800
+GIB = 1 << 30
 
 
-def build_inputs(work: Path, rows: int) -> tuple[Path, Path]:
-    """Demo pairs and tiny models, built offline into `work` by the project's own tools."""
-    data, models = work / "data", work / "models"
-    subprocess.run([sys.executable, str(REPO / "tools/make_demo_data.py"), "--out", str(data), "--train", str(rows),
-                    "--benchmark", "8", "--seed-tasks", "8", "--no-real"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([sys.executable, str(REPO / "tools/make_tiny_models.py"), "--out", str(models)], check=True,
-                   stdout=subprocess.DEVNULL)
-    return data / "captions", models
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    pairs: int  # synthesis inputs of the throughput figures and the 10x of memory: 256-pair batches, as many per actor
+    hf_pairs: int  # the prefix the per-pair transformers loop runs
+    resume_pairs: int  # enough batches of RESUME_BATCH that the kill lands between two commits
+    benchmark_rows: int  # evaluation
+    training_pairs: int  # training examples: a multiple of the global batch (8), so both sides train on all of them
 
 
-def overrides(captions: Path, models: Path, output_dir: Path) -> list[str]:
-    return [f"data.path={captions}", f"output_dir={output_dir}",
-            f"synthesis.engine.model={models / 'tiny-qwen2-vl'}", f"filter.engine.model={models / 'tiny-text-llm'}",
-            f"training.model={models / 'tiny-qwen2-vl'}", f"evaluation.engine.model={models / 'tiny-qwen2-vl'}",
-            f"training.deepspeed_config={REPO / 'configs/deepspeed/zero2.json'}"]
+QUICK = Sizes(pairs=1024, hf_pairs=8, resume_pairs=256, benchmark_rows=96, training_pairs=200)
+FULL = Sizes(pairs=3072, hf_pairs=32, resume_pairs=1024, benchmark_rows=400, training_pairs=800)
 
 
-def timed(command: list[str], env: dict[str, str] | None = None) -> float:
-    started = time.monotonic()
-    subprocess.run(command, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.monotonic() - started
+# ---------------------------------------------------------------------------------------------------------- reporting
 
 
-def vllm_loop(config_args: list[str]) -> None:
-    """The baseline, run in its own process: one vLLM engine per model, every prompt in one `generate` call."""
+def figure(name: str, value: float, baseline: float) -> str:
+    """The one line a figure prints."""
+    return f"BENCH {name} value={value:.3f} baseline={baseline:.3f} ratio={value / baseline:.3f}"
+
+
+def detail(text: str) -> None:
+    print(f"# {text}", file=sys.stderr, flush=True)
+
+
+def require_equal_work(engine_tokens: int, engine_rows: int, baseline_tokens: int, baseline_rows: int) -> None:
+    """A throughput ratio means something only if both sides generated the same tokens per input."""
+    if engine_tokens * baseline_rows != baseline_tokens * engine_rows:
+        raise RuntimeError(f"unequal work: the engine generated {engine_tokens} tokens for {engine_rows} inputs, the "
+                           f"baseline {baseline_tokens} for {baseline_rows}")
+
+
+# ------------------------------------------------------------------------------------------------ processes and memory
+
+
+def in_session(process: psutil.Process, leader: int) -> bool:
+    """Whether the process belongs to the session `leader` started: a command started with start_new_session=True
+    leads its own session, and Ray's daemons and workers stay in it even when they are re-parented."""
+    try:
+        return os.getsid(process.pid) == leader
+    except OSError:  # gone since it was listed
+        return False
+
+
+def session_processes(leader: int) -> list[psutil.Process]:
+    return [process for process in psutil.process_iter() if in_session(process, leader)]
+
+
+def summed_rss(processes: Iterable[psutil.Process]) -> int:
+    """Resident bytes of the processes still alive."""
+    total = 0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            total += process.memory_info().rss
+    return total
+
+
+def cpu_seconds(processes: Iterable[psutil.Process]) -> dict[int, float]:
+    """User + system CPU seconds of each live process, by pid."""
+    seconds = {}
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            seconds[process.pid] = times.user + times.system
+    return seconds
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (guest time is already inside user time)."""
+    times = psutil.cpu_times()
+    return times.user + times.nice + times.system + times.irq + times.softirq
+
+
+class SessionWatch:
+    """Samples a command's session while it runs: the peak of its summed RSS, the CPU seconds of its processes, and
+    from those, how busy the rest of the machine was. Per-process CPU comes from the last sample, so a process's final
+    half second is missed and counted as the rest of the machine's: an upper bound for that."""
+
+    def __init__(self, leader: int):
+        self.leader, self.peak_rss, self.session_cpu = leader, 0, {}
+        self.started, self.machine_before = time.monotonic(), machine_busy_seconds()
+        self.own_before = cpu_seconds([psutil.Process()])[os.getpid()]
+
+    def sample(self) -> None:
+        processes = session_processes(self.leader)
+        self.peak_rss = max(self.peak_rss, summed_rss(processes))
+        self.session_cpu.update(cpu_seconds(processes))
+
+    def background_cores(self) -> float:
+        """Cores kept busy since the start by processes outside the session and this tool."""
+        own = cpu_seconds([psutil.Process()])[os.getpid()] - self.own_before
+        others = machine_busy_seconds() - self.machine_before - sum(self.session_cpu.values()) - own
+        return max(0.0, others) / (time.monotonic() - self.started)
+
+
+def kill_session(leader: int) -> None:
+    """SIGKILL what is left of a session this tool started (normally nothing once its command has exited)."""
+    for process in session_processes(leader):
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    seconds: float
+    peak_rss: int
+    stdout: str
+
+
+def run_command(command: list[str], log: Path, env: dict[str, str] | None = None) -> Run:
+    """Run a command to its end in its own session (stdout kept, stderr to `log`): wall seconds and the peak of its
+    session's summed RSS; says so on stderr, with how busy the rest of the machine was. Raises with the log's end if
+    it fails."""
+    out = log.with_suffix(".out")
+    with log.open("w") as err_file, out.open("w") as out_file:
+        started = time.monotonic()
+        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=out_file,
+                                   stderr=err_file, start_new_session=True)
+        watch = SessionWatch(process.pid)
+        try:
+            while process.poll() is None:
+                if time.monotonic() - started > COMMAND_TIMEOUT_S:
+                    raise TimeoutError(f"{' '.join(command[:3])} ran over {COMMAND_TIMEOUT_S} s; log: {log}")
+                watch.sample()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=RSS_SAMPLE_S)
+            seconds = time.monotonic() - started
+            others = watch.background_cores()
+        finally:
+            kill_session(process.pid)
+    if process.returncode:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"{' '.join(command[:3])} exited with {process.returncode}; {log} ends:\n{tail}")
+    detail(f"{log.stem}: {seconds:.1f} s, peak RSS {watch.peak_rss / GIB:.2f} GiB; other processes kept "
+           f"{others:.2f} of {os.cpu_count()} cores busy meanwhile")
+    if others > QUIET_CORES:
+        detail(f"WARNING: the machine was not quiet during {log.stem}; ratios that involve it are not trustworthy")
+    return Run(seconds, watch.peak_rss, out.read_text())
+
+
+def last_json_line(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def written_rows(folder: Path) -> int:
+    """Rows in the finished Parquet files of a folder (a file still being written has no footer yet and is skipped)."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for path in folder.glob("*.parquet"):
+        with contextlib.suppress(OSError, ValueError):
+            total += pq.read_metadata(path).num_rows
+    return total
+
+
+# ------------------------------------------------------------------------------------------------------------- inputs
+
+
+class Bench:
+    """The inputs, built on first use under `work`, and the `adapt synthesize` run three figures share."""
+
+    def __init__(self, work: Path, sizes: Sizes, overrides: list[str]):
+        self.work, self.sizes, self.overrides = work, sizes, overrides
+        self._data: dict[int, Path] = {}
+
+    @functools.cached_property
+    def models(self) -> Path:
+        models = self.work / "models"
+        subprocess.run([sys.executable, str(REPO / "tools/make_tiny_models.py"), "--out", str(models)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return models
+
+    def data(self, pairs: int) -> Path:
+        """Demo pairs (captions/) and benchmark (benchmark/); a smaller build is a prefix of a larger one."""
+        if pairs not in self._data:
+            data = self.work / f"data-{pairs}"
+            subprocess.run([sys.executable, str(REPO / "tools/make_demo_data.py"), "--out", str(data), "--train",
+                            str(pairs), "--benchmark", str(self.sizes.benchmark_rows), "--seed-tasks", "0",
+                            "--no-real"], check=True, stdout=subprocess.DEVNULL)
+            self._data[pairs] = data
+        return self._data[pairs]
+
+    def new_run(self, run: str, pairs: int, *settings: str) -> list[str]:
+        """Overrides of configs/demo.yaml for a run on `pairs` pairs in an empty folder {work}/{run} (a --work folder
+        may hold an earlier bench's runs, which the engine would skip as complete)."""
+        shutil.rmtree(self.work / run, ignore_errors=True)
+        data, vlm, judge = self.data(pairs), self.models / "tiny-qwen2-vl", self.models / "tiny-text-llm"
+        benchmark = data / "benchmark" / "demo_vqa.parquet"
+        return [
+            f"data.path={data / 'captions'}", f"output_dir={self.work / run}",
+            f"cluster.temp_dir={self.work / 'ray'}",  # this tool's Ray sessions apart from anyone else's
+            f"synthesis.engine.model={vlm}", f"filter.engine.model={judge}", f"training.model={vlm}",
+            f"evaluation.engine.model={vlm}",
+            f"evaluation.benchmarks=[{{task: demo_vqa, path: {benchmark}, format: parquet}}]",
+            *MODEL_ROUTE, *(f"{section}.engine.fixed_output_length=true" for section in ENGINE_SECTIONS),
+            f"synthesis.engine.max_tokens={SYNTHESIZER_TOKENS}", f"evaluation.engine.max_tokens={EVALUATION_TOKENS}",
+            *ENGINE_TUNING, *settings, *self.overrides,
+        ]
+
+    def adapt(self, verb: str, run: str, config_args: list[str]) -> Run:
+        return run_command([ADAPT, verb, str(DEMO_CONFIG), *config_args], self.work / f"{run}-{verb}.log")
+
+    def baseline(self, name: str, run: str, config_args: list[str], limit: int | None = None) -> tuple[Run, dict]:
+        """A baseline of BASELINES in its own process; its result is the JSON line it prints last."""
+        command = [sys.executable, __file__, "--baseline", name, *(["--limit", str(limit)] if limit else []),
+                   *config_args]
+        run_ = run_command(command, self.work / f"{run}-{name}.log", BASELINE_PROCESS)
+        return run_, last_json_line(run_.stdout)
+
+    def manifest(self, run: str, stage: str) -> dict:
+        return json.loads((self.work / run / stage / "manifest.json").read_text())
+
+    @functools.cached_property
+    def synthesis(self) -> tuple[Run, dict, list[str]]:
+        """`adapt synthesize` on `pairs` pairs, its manifest and its config overrides."""
+        config_args = self.new_run("synthesis", self.sizes.pairs)
+        run = self.adapt("synthesize", "synthesis", config_args)
+        manifest = self.manifest("synthesis", "synthesis")
+        timings = manifest["timings_s"]
+        start_up = run.seconds - timings["stream"] - timings["finalize"]
+        detail(f"adapt synthesize: {manifest['rows_in']} pairs in {run.seconds:.1f} s = start-up and shutdown "
+               f"{start_up:.1f} s (interpreter, Ray) + stream {timings['stream']:.1f} s (engine start-up included) + "
+               f"finalize {timings['finalize']:.1f} s; {manifest['output_tokens'] / run.seconds:.0f} output tokens/s")
+        return run, manifest, config_args
+
+
+# ------------------------------------------------------------------------------------------------------------ figures
+
+
+def synthesis_vs_vllm_loop(bench: Bench) -> str:
+    run, manifest, config_args = bench.synthesis
+    loop, result = bench.baseline("vllm_synthesis", "synthesis", config_args)
+    require_equal_work(manifest["output_tokens"], manifest["rows_in"], result["output_tokens"], result["rows"])
+    detail(f"vLLM loop: {result['rows']} pairs in {loop.seconds:.1f} s (engine start-ups {result['start_up_s']:.1f} "
+           f"s, generation {result['generate_s']:.1f} s); {result['output_tokens'] / loop.seconds:.0f} output tokens/s")
+    return figure("synthesis_vs_vllm_loop", manifest["rows_in"] / run.seconds, result["rows"] / loop.seconds)
+
+
+def synthesis_vs_hf_loop(bench: Bench) -> str:
+    run, manifest, config_args = bench.synthesis
+    _, result = bench.baseline("hf_synthesis", "synthesis", config_args, limit=bench.sizes.hf_pairs)
+    require_equal_work(manifest["output_tokens"], manifest["rows_in"], result["output_tokens"], result["rows"])
+    detail(f"transformers loop: {result['rows']} pairs in {result['generate_s']:.1f} s of generation "
+           f"({result['generate_s'] / result['rows']:.1f} s per pair); "
+           f"{result['output_tokens'] / result['generate_s']:.0f} output tokens/s")
+    return figure("synthesis_vs_hf_loop", manifest["rows_in"] / run.seconds, result["rows"] / result["generate_s"])
+
+
+def memory_10x_vs_1x(bench: Bench) -> str:
+    ten_x, _, _ = bench.synthesis
+    one_x = bench.adapt("synthesize", "memory-1x", bench.new_run("memory-1x", bench.sizes.pairs // 10))
+    return figure("memory_10x_vs_1x", ten_x.peak_rss / GIB, one_x.peak_rss / GIB)
+
+
+def resume_work(bench: Bench) -> str:
+    pairs = bench.sizes.resume_pairs
+    # Small batches: the stream commits rows a batch at a time, and the kill must land between commits.
+    config_args = bench.new_run("resume", pairs, f"synthesis.engine.max_tokens={SHORT_SYNTHESIZER_TOKENS}",
+                                f"synthesis.engine.batch_size={RESUME_BATCH}")
+    rows_dir = bench.work / "resume" / "synthesis" / "_rows"
+    with (bench.work / "resume-killed.log").open("w") as log:
+        killed = subprocess.Popen([ADAPT, "synthesize", str(DEMO_CONFIG), *config_args], cwd=REPO, stdout=log,
+                                  stderr=log, start_new_session=True)
+        deadline = time.monotonic() + COMMAND_TIMEOUT_S
+        try:
+            while killed.poll() is None and written_rows(rows_dir) < pairs / 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(killed.pid, signal.SIGKILL)  # the driver's group: the Ray it started goes with it
+            killed.wait()
+            kill_session(killed.pid)
+    written_before = written_rows(rows_dir)
+    if not 0 < written_before < pairs:
+        raise RuntimeError(f"the run was killed with {written_before} of {pairs} rows written, not in mid-stream")
+    bench.adapt("synthesize", "resume", config_args)
+    manifest = bench.manifest("resume", "synthesis")
+    detail(f"resume: killed with {written_before} of {manifest['rows_in']} rows written; the restart processed "
+           f"{manifest['rows_processed_this_run']}")
+    return figure("resume_work", written_before + manifest["rows_processed_this_run"], manifest["rows_in"])
+
+
+def evaluation_vs_vllm_loop(bench: Bench) -> str:
+    config_args = bench.new_run("evaluation", bench.sizes.pairs)
+    run = bench.adapt("evaluate", "evaluation", config_args)
+    state = bench.manifest("evaluation", "evaluation")["predictions"]["base"]["demo_vqa"]
+    loop, result = bench.baseline("vllm_evaluation", "evaluation", config_args)
+    detail(f"adapt evaluate: {state['rows']} rows in {run.seconds:.1f} s (prediction job {state['seconds']:.1f} s); "
+           f"vLLM loop: {result['rows']} rows in {loop.seconds:.1f} s (engine start-up {result['start_up_s']:.1f} s, "
+           f"generation and scores {result['generate_s']:.1f} s)")
+    return figure("evaluation_vs_vllm_loop", state["rows"] / run.seconds, result["rows"] / loop.seconds)
+
+
+def training_ray_vs_plain(bench: Bench) -> str:
+    config_args = bench.new_run("training", bench.sizes.training_pairs, "training.log_every=1")
+    bench.adapt("synthesize", "training", [*config_args, "synthesis.synthesizer=rule_based", "filter.judge=lexical"])
+    run = bench.adapt("train", "training", config_args)
+    with (bench.work / "training" / "training" / "metrics.csv").open() as file:
+        metrics = list(csv.DictReader(file))  # one row per step (log_every=1)
+    samples = sum(int(row["samples"]) for row in metrics)
+    first, last = metrics[0], metrics[-1]
+    first_s, loop_s = float(first["elapsed_s"]), float(last["elapsed_s"])  # since the workers' set-up ended
+    later_samples = samples - int(first["samples"])
+    plain, result = bench.baseline("plain_training", "training", config_args)
+    detail(f"adapt train: {samples} samples in {run.seconds:.1f} s = {run.seconds - loop_s:.1f} s outside the "
+           f"training loop (driver, Ray, Train workers, model and DeepSpeed set-up; last checkpoint, export, shutdown) "
+           f"+ first step {first_s:.1f} s (the data stream starts) + {len(metrics) - 1} more steps in "
+           f"{loop_s - first_s:.1f} s ({later_samples / (loop_s - first_s):.1f} samples/s)")
+    detail(f"plain loop: {result['samples']} samples in {plain.seconds:.1f} s = "
+           f"{plain.seconds - result['steps_s'] - result['save_s']:.1f} s start-up + {result['steps']} steps in "
+           f"{result['steps_s']:.1f} s ({result['samples'] / result['steps_s']:.1f} samples/s) + save "
+           f"{result['save_s']:.1f} s")
+    return figure("training_ray_vs_plain", samples / run.seconds, result["samples"] / plain.seconds)
+
+
+FIGURES: dict[str, Callable[[Bench], str]] = {
+    figure_function.__name__: figure_function
+    for figure_function in (synthesis_vs_vllm_loop, synthesis_vs_hf_loop, memory_10x_vs_1x, resume_work,
+                            evaluation_vs_vllm_loop, training_ray_vs_plain)
+}
+
+
+# --------------------------------------------------------------------------------- baselines (run in their own process)
+
+
+def read_pairs(config, limit: int | None) -> list[dict]:
     import pyarrow.dataset as pads
+
+    table = pads.dataset(config.data.path, format="parquet").to_table(columns=["image", "caption"])
+    return table.slice(0, limit).to_pylist()
+
+
+def rgb_image(data: bytes):
     from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def vllm_synthesis(config, limit: int | None) -> dict:
+    """One vLLM engine per model, every prompt of a model in one `generate` call."""
     from vllm import LLM, SamplingParams
 
-    from engine.config import load_config
     from engine.models.backends.vllm_backend import engine_kwargs
-    from engine.synthesis.consistency import consistency_prompt
+    from engine.synthesis.consistency import JUDGE_MAX_TOKENS, consistency_prompt
     from engine.synthesis.parsing import parse_synthesizer_output
     from engine.synthesis.prompts import synthesizer_prompt, synthesizer_stop
 
-    config = load_config(DEMO_CONFIG, config_args).with_absolute_paths()
-    synth, judge = config.synthesis.engine, config.filter.engine
-    rows = pads.dataset(config.data.path, format="parquet").to_table(columns=["image", "caption"]).to_pylist()
-    llm = LLM(**engine_kwargs(synth))
-    params = SamplingParams(temperature=0.0, max_tokens=synth.max_tokens, stop=list(synthesizer_stop(synth.family)),
-                            skip_special_tokens=False)
-    requests = [{"prompt": synthesizer_prompt(row["caption"], synth.family),
-                 "multi_modal_data": {"image": Image.open(io.BytesIO(row["image"])).convert("RGB")}} for row in rows]
+    started = time.monotonic()
+    synthesizer, judge = config.synthesis.engine, config.filter.engine
+    pairs = read_pairs(config, limit)
+    llm = LLM(**engine_kwargs(synthesizer))
+    generating = time.monotonic()
+    params = SamplingParams(temperature=0.0, max_tokens=synthesizer.max_tokens, min_tokens=synthesizer.max_tokens,
+                            stop=list(synthesizer_stop(synthesizer.family)), skip_special_tokens=False)
+    requests = [{"prompt": synthesizer_prompt(pair["caption"], synthesizer.family),
+                 "multi_modal_data": {"image": rgb_image(pair["image"])}} for pair in pairs]
     outputs = llm.generate(requests, params, use_tqdm=False)
-    tasks = [task for output in outputs for task in parse_synthesizer_output(output.outputs[0].text, synth.family).tasks]
+    tasks = [task for output in outputs
+             for task in parse_synthesizer_output(output.outputs[0].text, synthesizer.family).tasks]
+    generate_s = time.monotonic() - generating
     del llm
+    judge_started = time.monotonic()
     judge_llm = LLM(**engine_kwargs(judge))
-    judge_llm.generate([consistency_prompt(task) for task in tasks] or ["warm-up"],
-                       SamplingParams(temperature=0.0, max_tokens=judge.max_tokens), use_tqdm=False)
-    tokens = sum(len(output.outputs[0].token_ids) for output in outputs)
-    print(json.dumps({"rows": len(rows), "output_tokens": tokens, "tasks": len(tasks)}))
+    judge_ready = time.monotonic()
+    if tasks:
+        budget = min(judge.max_tokens, JUDGE_MAX_TOKENS)
+        judge_llm.generate([consistency_prompt(task) for task in tasks],
+                           SamplingParams(temperature=0.0, max_tokens=budget, min_tokens=budget), use_tqdm=False)
+    generate_s += time.monotonic() - judge_ready
+    return {"rows": len(pairs), "output_tokens": sum(len(output.outputs[0].token_ids) for output in outputs),
+            "tasks": len(tasks), "generate_s": generate_s,
+            "start_up_s": generating - started + judge_ready - judge_started}
 
 
-def bench_synthesis(work: Path, rows: int) -> str:
-    captions, models = build_inputs(work, rows)
-    args = overrides(captions, models, work / "run")
-    adapt = str(Path(sys.executable).with_name("adapt"))
-    pipeline_s = timed([adapt, "synthesize", str(DEMO_CONFIG), *args])
-    manifest = json.loads((work / "run" / "synthesis" / "manifest.json").read_text())
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    loop_s = timed([sys.executable, __file__, "--vllm-loop", *args], env)
-    value, baseline = manifest["rows_in"] / pipeline_s, manifest["rows_in"] / loop_s
-    print(f"# synthesis: {manifest['rows_in']} rows; pipeline {pipeline_s:.1f} s, vLLM loop {loop_s:.1f} s "
-          f"(both include engine start-up); pipeline output tokens {manifest['output_tokens']}", file=sys.stderr)
-    return f"BENCH synthesis_vs_vllm_loop value={value:.3f} baseline={baseline:.3f} ratio={value / baseline:.3f}"
+def hf_synthesis(config, limit: int | None) -> dict:
+    """transformers' `generate` on one pair at a time, then on one parsed task at a time."""
+    import torch
+
+    from engine.models.loading import load_model, load_processor
+    from engine.synthesis.consistency import JUDGE_MAX_TOKENS, consistency_prompt
+    from engine.synthesis.parsing import parse_synthesizer_output
+    from engine.synthesis.prompts import synthesizer_prompt
+
+    synthesizer, judge = config.synthesis.engine, config.filter.engine
+    pairs = read_pairs(config, limit)
+    processor = load_processor(synthesizer.model)
+    model = load_model(synthesizer.model, "image-text-to-text", dtype=synthesizer.dtype)
+    judge_tokenizer = load_processor(judge.model)
+    judge_model = load_model(judge.model, "causal-lm", dtype=judge.dtype)
+    started = time.monotonic()
+    tokens, tasks = 0, []
+    with torch.inference_mode():
+        for pair in pairs:
+            inputs = processor(text=[synthesizer_prompt(pair["caption"], synthesizer.family)],
+                               images=[[rgb_image(pair["image"])]], return_tensors="pt")
+            output = model.generate(**inputs, max_new_tokens=synthesizer.max_tokens,
+                                    min_new_tokens=synthesizer.max_tokens, do_sample=False)
+            new_tokens = output[0, inputs["input_ids"].shape[1]:]
+            tokens += len(new_tokens)
+            text = processor.decode(new_tokens, skip_special_tokens=False)
+            tasks += parse_synthesizer_output(text, synthesizer.family).tasks
+        budget = min(judge.max_tokens, JUDGE_MAX_TOKENS)
+        for task in tasks:
+            judge_model.generate(**judge_tokenizer(consistency_prompt(task), return_tensors="pt"),
+                                 max_new_tokens=budget, min_new_tokens=budget, do_sample=False)
+    return {"rows": len(pairs), "output_tokens": tokens, "tasks": len(tasks),
+            "generate_s": time.monotonic() - started}
 
 
-def main() -> int:
+def vllm_evaluation(config, limit: int | None) -> dict:
+    """The benchmark's prompts in one `generate` call, then the task's scores."""
+    import pyarrow.dataset as pads
+    from vllm import LLM, SamplingParams
+
+    from engine.evaluation.tasks import get_task
+    from engine.models.backends.vllm_backend import engine_kwargs
+    from engine.models.families import get_family, render
+
+    started = time.monotonic()
+    engine, benchmark = config.evaluation.engine, config.evaluation.benchmarks[0]
+    spec = get_task(benchmark.task)
+    rows = pads.dataset(benchmark.path, format="parquet").to_table().slice(0, limit).to_pylist()
+    llm = LLM(**engine_kwargs(engine))
+    generating = time.monotonic()
+    budget = min(spec.max_tokens, engine.max_tokens)  # the runner's rule (engine.evaluation.runner.max_tokens)
+    params = SamplingParams(temperature=0.0, max_tokens=budget, min_tokens=budget,
+                            stop=list(get_family(engine.family).stop))
+    requests = [{"prompt": render(engine.family, [{"role": "user", "content": spec.user_turn(row["input"])}],
+                                  add_generation_prompt=True),
+                 "multi_modal_data": {"image": rgb_image(row["image"])}} for row in rows]
+    outputs = llm.generate(requests, params, use_tqdm=False)
+    scores = spec.summarize(
+        (index, spec.scoring_row({**row, "prediction": output.outputs[0].text}))
+        for index, (row, output) in enumerate(zip(rows, outputs, strict=True))
+    )
+    return {"rows": len(rows), "generate_s": time.monotonic() - generating, "start_up_s": generating - started,
+            "scores": scores}
+
+
+def plain_training(config, limit: int | None) -> dict:
+    """The engine's mixture and collator, then a plain PyTorch loop over one epoch (as MODEL_ROUTE sets): gradient
+    accumulation to the global batch, AdamW, one process, no Ray, no DeepSpeed."""
+    import pyarrow.dataset as pads
+    import torch
+
+    from engine.models.loading import load_model, load_processor
+    from engine.training import mixture
+    from engine.training.collate import Collator
+
+    training = config.training
+    instructions = f"{config.output_dir}/synthesis/instructions"
+    table = pads.dataset(instructions, format="parquet").to_table(columns=["id", "images", "messages"])
+    rows = table.slice(0, limit).to_pylist()
+    conversations = [conversation for _, expand in mixture.phases(training.mixture) for row in rows
+                     for conversation in expand(row, seed=config.seed)]
+    processor = load_processor(training.model)
+    collator = Collator(processor, training.family, training.max_length)
+    model = load_model(training.model, "image-text-to-text", dtype="float32").train()
+    model.config.use_cache = False
+    optimizer = torch.optim.AdamW(model.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay)
+    steps = len(conversations) // training.global_batch_size
+    accumulation = training.global_batch_size // training.micro_batch_size
+    started, samples = time.monotonic(), 0
+    for step in range(steps):
+        for micro_step in range(accumulation):
+            first = (step * accumulation + micro_step) * training.micro_batch_size
+            batch = collator(conversations[first:first + training.micro_batch_size])
+            (model(**batch).loss / accumulation).backward()
+            samples += batch["input_ids"].shape[0]
+        optimizer.step()
+        optimizer.zero_grad()
+    steps_s = time.monotonic() - started
+    model.save_pretrained(Path(config.output_dir) / "plain-model")
+    return {"samples": samples, "steps": steps, "steps_s": steps_s, "save_s": time.monotonic() - started - steps_s}
+
+
+BASELINES: dict[str, Callable[..., dict]] = {
+    baseline.__name__: baseline for baseline in (vllm_synthesis, hf_synthesis, vllm_evaluation, plain_training)
+}
+
+
+# --------------------------------------------------------------------------------------------------------------- main
+
+
+def figure_names(text: str) -> list[str]:
+    """`--only`'s value: figure names separated by commas, in the order given."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in FIGURES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown figure(s) {', '.join(unknown) or '(none)'}; "
+                                         f"choose from {', '.join(FIGURES)}")
+    return names
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small inputs (200 rows)")
-    parser.add_argument("--rows", type=int, default=None, help="input pairs (default 800, or 200 with --quick)")
-    parser.add_argument("--vllm-loop", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.vllm_loop is not None:
-        vllm_loop(args.vllm_loop)
+    parser.add_argument("--quick", action="store_true", help="small inputs: under 10 minutes on 2 cores")
+    parser.add_argument("--only", type=figure_names, default=list(FIGURES), metavar="NAME[,NAME]",
+                        help=f"figures to measure, of: {', '.join(FIGURES)}")
+    parser.add_argument("--work", type=Path, help="build inputs and keep runs and logs here (default: a temporary "
+                        "folder, removed at the end)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                        help="config overrides for the engine commands and the baselines")
+    parser.add_argument("--baseline", choices=BASELINES, help=argparse.SUPPRESS)
+    parser.add_argument("--limit", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.baseline:
+        from engine.config import load_config
+
+        config = load_config(DEMO_CONFIG, args.overrides).with_absolute_paths()
+        print(json.dumps(BASELINES[args.baseline](config, args.limit)))
         return 0
-    rows = args.rows or (200 if args.quick else 800)
-    with tempfile.TemporaryDirectory(prefix="adapt-bench-") as work:
-        print(bench_synthesis(Path(work), rows))
+    started = time.monotonic()
+    # Under /tmp: Ray's socket paths in the session folder must stay under 107 bytes.
+    with contextlib.ExitStack() as stack:
+        work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="adapt-bench-", dir="/tmp")))
+        work.mkdir(parents=True, exist_ok=True)
+        bench = Bench(work.resolve(), QUICK if args.quick else FULL, args.overrides)
+        for name in args.only:
+            print(FIGURES[name](bench), flush=True)
+    detail(f"total {time.monotonic() - started:.0f} s")
     return 0
 
 
