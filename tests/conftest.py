@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-models")
     load_tool("make_tiny_models").build_all(out, seed=0)
     return out
+
+
+@contextlib.contextmanager
+def in_process_vllm():
+    """vLLM's CPU engine in this process (fast start), with the environment it touches restored afterwards: it freezes
+    vllm.envs and writes os.environ."""
+    envs = pytest.importorskip("vllm.envs")
+    saved = dict(os.environ)
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    envs.disable_envs_cache()
+    try:
+        yield
+    finally:
+        envs.disable_envs_cache()
+        os.environ.clear()
+        os.environ.update(saved)

@@ -16,7 +16,7 @@ import pytest
 
 from engine.config import EngineConfig
 from engine.models.backends import GenerationRequest, create_backend
-from tests.conftest import load_tool
+from tests.conftest import in_process_vllm, load_tool
 
 bench = load_tool("bench")
 
@@ -132,17 +132,10 @@ def test_written_rows_counts_finished_parquet_files_only(tmp_path):
 # early stops cannot make one side of a ratio do less work.
 
 
-@pytest.fixture
-def in_process_vllm():
-    """vLLM's engine inside this process; it freezes vllm.envs and writes os.environ, both undone afterwards."""
-    envs = pytest.importorskip("vllm.envs")
-    saved_environ = dict(os.environ)
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    envs.disable_envs_cache()
-    yield
-    envs.disable_envs_cache()
-    os.environ.clear()
-    os.environ.update(saved_environ)
+@pytest.fixture(name="in_process_vllm")
+def in_process_vllm_fixture():
+    with in_process_vllm():
+        yield
 
 
 @pytest.mark.slow

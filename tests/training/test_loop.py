@@ -4,7 +4,6 @@ curve and its export in transformers and vLLM; a short ZeRO-3 run over both phas
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -44,7 +43,7 @@ from engine.training.loop import (
     run_synthesizer_tuning,
     training_fingerprint,
 )
-from tests.conftest import REPO_ROOT, load_tool
+from tests.conftest import REPO_ROOT, in_process_vllm, load_tool
 
 EXAMPLES = 48  # 6 steps per epoch at the demo's global batch of 8
 RESUME_EPOCHS = 2
@@ -135,19 +134,6 @@ def describe_request() -> GenerationRequest:
     return GenerationRequest(prompt, [red_image()], max_tokens=16)
 
 
-@contextlib.contextmanager
-def in_process_vllm():
-    """vLLM's CPU engine in this process (fast start), with the environment it touches restored afterwards."""
-    envs = pytest.importorskip("vllm.envs")
-    saved = dict(os.environ)
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    envs.disable_envs_cache()
-    try:
-        yield
-    finally:
-        envs.disable_envs_cache()
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 # ------------------------------------------------------------------------------------------------ planning (fast)
