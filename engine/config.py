@@ -48,6 +48,18 @@ class FieldProblem(ValueError):
 _FIELD_SEPARATOR = " :: "
 
 
+def core_ids(cores: str) -> list[int]:
+    """CPU ids of a core list such as '0-3,6' (the notation of taskset and VLLM_CPU_OMP_THREADS_BIND)."""
+    ids: set[int] = set()
+    for part in cores.split(","):
+        first, dash, last = part.strip().partition("-")
+        last = last if dash else first
+        if not (first.isdigit() and last.isdigit()) or int(last) < int(first):
+            raise FieldProblem("cpu_threads_bind", f"{cores!r} is not a core list such as '0' or '0-3,6'")
+        ids.update(range(int(first), int(last) + 1))
+    return sorted(ids)
+
+
 def absolute(ref: str) -> str:
     """A local path made absolute (Ray workers do not share the driver's working directory); other refs unchanged."""
     return str(Path(ref).expanduser().resolve()) if is_local_path(ref) else ref
@@ -141,8 +153,9 @@ class EngineConfig(Section):
     )
     cpu_threads_bind: str | None = Field(
         None,
-        description="vLLM CPU build: cores for this pool's engines (VLLM_CPU_OMP_THREADS_BIND, e.g. '0' or '0-3'), so "
-        "the synthesizer and the judge do not share a core.",
+        description="vLLM CPU build: cores this pool's engines run on, e.g. '0' or '0-3,6' (the engine's process and "
+        "threads are pinned there and it runs one thread per core), so the synthesizer and the judge do not share a "
+        "core.",
     )
     fixed_output_length: bool = Field(
         False,
@@ -164,8 +177,10 @@ class EngineConfig(Section):
                 raise FieldProblem("num_gpus", "backend 'openai' calls a server; its actors need num_gpus: 0")
         elif self.base_url:
             raise FieldProblem("base_url", f"is only used by backend 'openai' (backend is {self.backend!r})")
-        if self.cpu_threads_bind is not None and self.device != "cpu":
-            raise FieldProblem("cpu_threads_bind", "only applies to device 'cpu'")
+        if self.cpu_threads_bind is not None:
+            if self.device != "cpu" or self.backend != "vllm":
+                raise FieldProblem("cpu_threads_bind", "only applies to backend 'vllm' on device 'cpu'")
+            core_ids(self.cpu_threads_bind)
         if self.fixed_output_length and self.backend == "openai":
             raise FieldProblem("fixed_output_length", "is only honoured by backends 'vllm' and 'transformers'")
         if self.backend == "vllm" and self.device == "cpu" and self.kv_cache_gib is None:

@@ -42,9 +42,10 @@ def engine_actor_options(engine: EngineConfig) -> dict:
         # One engine process per actor: starts in ~10 s instead of ~25 s and keeps a 2-core machine's process count
         # down; the CUDA build keeps vLLM's multiprocessing.
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        if engine.cpu_threads_bind:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = engine.cpu_threads_bind
-    options = {"num_cpus": engine.num_cpus, "num_gpus": engine.num_gpus or None, "concurrency": engine.concurrency}
+    # One batch in flight per actor: a generation batch takes seconds to minutes, so queueing a second one gains
+    # nothing, and Ray Data's default queues several on whichever actor is ready first, leaving the rest idle.
+    pool = ray.data.ActorPoolStrategy(size=engine.concurrency, max_tasks_in_flight_per_actor=1)
+    options = {"num_cpus": engine.num_cpus, "num_gpus": engine.num_gpus or None, "compute": pool}
     if engine.resources:
         options["resources"] = dict(engine.resources)
     if env:

@@ -74,6 +74,12 @@ def test_fingerprint_changes_with_any_field(workdir):
         (lambda t: t["training"].update(global_batch_size=7), "run.yaml: training.global_batch_size: 7 must be"),
         (lambda t: t.pop("data"), "run.yaml: data: Field required"),
         (lambda t: t["data"].update(min_image_side=64, max_image_side=32), "run.yaml: data.min_image_side: 64 exceeds"),
+        (lambda t: t["filter"]["engine"].update(cpu_threads_bind="0-"), "run.yaml: filter.engine.cpu_threads_bind: '0-'"),
+        (lambda t: t["filter"]["engine"].update(cpu_threads_bind="3-1"), "run.yaml: filter.engine.cpu_threads_bind: '3-1'"),
+        (
+            lambda t: t["filter"]["engine"].update(backend="transformers", cpu_threads_bind="0"),
+            "run.yaml: filter.engine.cpu_threads_bind: only applies to backend 'vllm'",
+        ),
     ],
 )
 def test_bad_config_names_field_and_file(workdir, mutate, expected):

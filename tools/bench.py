@@ -19,7 +19,7 @@ Budgets: the synthesizer the released synthesizer's 512 tokens, the judge 2, eva
 tiny synthesizer never writes a parseable task, so the judge starts but judges nothing, in the pipeline and the loops
 alike. Threads are every library's default on both sides; each command's detail line says how busy the rest of the
 machine was, and warns when that makes its figures untrustworthy (QUIET_CORES). On top of configs/demo.yaml the
-engine runs the model route (MODEL_ROUTE) with ENGINE_TUNING, the synthesis settings measured best on 2 cores. Input
+engine runs the model route (MODEL_ROUTE) with ENGINE_TUNING, the pool settings measured best on 2 cores. Input
 sizes: QUICK and FULL.
 
 synthesis_vs_vllm_loop   input pairs/s of `adapt synthesize` (read, validate, synthesizer pool, judge pool, compose,
@@ -82,11 +82,13 @@ SYNTHESIZER_TOKENS = 512  # the released synthesizer's budget (engine.synthesis.
 SHORT_SYNTHESIZER_TOKENS = 64  # configs/demo.yaml's: resume depends on rows, not on answer length
 EVALUATION_TOKENS = 64
 RESUME_BATCH = 32
-# Synthesis settings measured best on 2 cores, on top of configs/demo.yaml: on 1024 pairs of a quiet machine, 112 s
-# with its one synthesizer actor and batches of 16, 65 s with batches of 256 (a decode step of 256 sequences costs
-# ~20 ms, of 32 ~4 ms: 0.08 against 0.13 ms a token), 55 s with two actors, which the OS spreads over the cores (vLLM
-# 0.32's in-process engine ignores cpu_threads_bind). Under 512 pairs, batches of 256 leave the second actor idle.
-ENGINE_TUNING = ("synthesis.engine.concurrency=2", "synthesis.engine.batch_size=256")
+# Engine settings measured best on 2 cores, on top of configs/demo.yaml: two actors per model pool, which Ray runs with
+# one OpenMP thread each (num_cpus < 1), against the loop's one process with two. Two one-thread vLLM processes
+# generate 1.6x what one two-thread process does (62 against 39 pairs/s with 512-token answers, 2026-11-22), as much
+# of a tiny model's decode step is single-threaded Python. Batches of 256, vLLM's CPU default for running sequences:
+# each generate call keeps the scheduler full, and smaller ones cost nearly as much per decode step.
+ENGINE_TUNING = ("synthesis.engine.concurrency=2", "synthesis.engine.batch_size=256",
+                 "evaluation.engine.concurrency=2", "evaluation.engine.batch_size=256")
 ENGINE_SECTIONS = ("synthesis", "filter", "evaluation")
 # The work measured, whatever configs/demo.yaml's route is: synthesis and judging by models, one training epoch.
 MODEL_ROUTE = ("synthesis.synthesizer=model", "filter.enabled=true", "filter.judge=llm", "training.epochs=1",
@@ -106,7 +108,7 @@ class Sizes:
 
 
 QUICK = Sizes(pairs=1024, hf_pairs=8, resume_pairs=256, benchmark_rows=96, training_pairs=200)
-FULL = Sizes(pairs=3072, hf_pairs=32, resume_pairs=1024, benchmark_rows=400, training_pairs=800)
+FULL = Sizes(pairs=9216, hf_pairs=32, resume_pairs=1024, benchmark_rows=16000, training_pairs=800)
 
 
 # ---------------------------------------------------------------------------------------------------------- reporting
@@ -613,6 +615,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(BASELINES[args.baseline](config, args.limit)))
         return 0
     started = time.monotonic()
+    # A terminated bench still stops the command it runs and removes its temporary folder (the finally blocks).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     # Under /tmp: Ray's socket paths in the session folder must stay under 107 bytes.
     with contextlib.ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="adapt-bench-", dir="/tmp")))

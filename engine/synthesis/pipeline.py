@@ -68,8 +68,11 @@ def synthesis_fingerprint(config: RunConfig) -> str:
 
 
 def _model_step(ds: ray.data.Dataset, step: type[RowStep], engine: EngineConfig, **kwargs) -> ray.data.Dataset:
-    return ds.map_batches(step, fn_constructor_kwargs={"engine": engine, **kwargs}, batch_size=engine.batch_size,
-                          batch_format="pyarrow", **engine_actor_options(engine))
+    # Blocks of one batch each: every actor call is one full generate call, and the pool's actors share the work
+    # evenly to the end of the stream (blocks as read are of any size).
+    return ds.repartition(target_num_rows_per_block=engine.batch_size).map_batches(
+        step, fn_constructor_kwargs={"engine": engine, **kwargs}, batch_size=engine.batch_size,
+        batch_format="pyarrow", **engine_actor_options(engine))
 
 
 def build_dataset(config: RunConfig, shards: list[str], root: str) -> ray.data.Dataset:

@@ -11,6 +11,8 @@ import io
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -202,6 +204,37 @@ def vllm_vlm(tiny_model_dir):
 
 def leading_tokens(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"][:AGREEMENT_TOKENS]
+
+
+BIND_PROBE = """
+import json, os, threading
+import torch
+from engine.models.backends.vllm_backend import bind_to_cores
+
+threading.Thread(target=threading.Event().wait, daemon=True).start()  # started before the binding
+bind_to_cores("0")
+later = []
+thread = threading.Thread(target=lambda: later.append(sorted(os.sched_getaffinity(0))))
+thread.start()
+thread.join()
+masks = [sorted(os.sched_getaffinity(int(tid))) for tid in os.listdir("/proc/self/task")]
+try:
+    bind_to_cores("4096")
+    refused = None
+except ValueError as err:
+    refused = str(err)
+print(json.dumps({"masks": masks, "later": later, "torch_threads": torch.get_num_threads(), "refused": refused}))
+"""
+
+
+def test_cpu_threads_bind_pins_every_thread_and_sizes_torch():
+    # In a child process: pinning is process-wide and would hold for the rest of the suite.
+    result = json.loads(subprocess.run([sys.executable, "-c", BIND_PROBE], capture_output=True, text=True,
+                                       check=True).stdout.splitlines()[-1])
+    assert result["masks"] and all(mask == [0] for mask in result["masks"])
+    assert result["later"] == [[0]]
+    assert result["torch_threads"] == 1
+    assert "cpu_threads_bind '4096'" in result["refused"] and "this process may use [0]" in result["refused"]
 
 
 @pytest.mark.slow

@@ -3,17 +3,17 @@
 Process environment the engine reads at start-up, which the caller sets (the stage driver puts it in the actor's Ray
 ``runtime_env``, see ``engine.runtime.engine_actor_options``), because it must be in place before vLLM is imported:
 - ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` runs the engine inside the actor's process (faster start on CPU);
-- ``VLLM_CPU_OMP_THREADS_BIND`` (from ``EngineConfig.cpu_threads_bind``) pins a CPU engine's threads to its cores;
 - ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB), when set, overrides the ``kv_cache_gib`` passed here.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Sequence
 from typing import Any
 
-from engine.config import EngineConfig
+from engine.config import EngineConfig, core_ids
 from engine.models.backends.base import Backend, GenerationRequest, GenerationResult, run_isolating_failures
 
 GIB = 1 << 30
@@ -44,6 +44,23 @@ def engine_kwargs(config: EngineConfig) -> dict[str, Any]:
     return kwargs
 
 
+def bind_to_cores(cores: str) -> None:
+    """Pin every thread of this process, and those it starts later, to `cores`, with one torch thread per core.
+
+    vLLM applies VLLM_CPU_OMP_THREADS_BIND only in its multiprocess executor; the actors run the in-process engine,
+    so the binding is done here, before the engine starts its threads."""
+    import torch
+
+    ids = set(core_ids(cores))
+    try:
+        for thread in os.listdir("/proc/self/task"):
+            os.sched_setaffinity(int(thread), ids)
+    except OSError as err:
+        raise ValueError(f"cpu_threads_bind {cores!r}: cannot pin to those cores ({err}); this process may use "
+                         f"{sorted(os.sched_getaffinity(0))}") from None
+    torch.set_num_threads(len(ids))
+
+
 class VLLMBackend(Backend):
     """Each ``generate`` call is one batched ``LLM.generate``; vLLM schedules the batch with continuous batching."""
 
@@ -53,6 +70,8 @@ class VLLMBackend(Backend):
         self._sampling_params_class = SamplingParams
         self._model_id = config.model
         self._fixed_output_length = config.fixed_output_length
+        if config.cpu_threads_bind:
+            bind_to_cores(config.cpu_threads_bind)
         self._llm = LLM(**engine_kwargs(config))
 
     @property
