@@ -137,7 +137,12 @@ class EngineConfig(Section):
         description="Custom Ray resources per actor, to pin the pool to a node group (e.g. {synthesis_node: 1}; "
         "the cluster manifests in cluster/ declare them).",
     )
-    batch_size: int = Field(32, ge=1, description="Rows per map_batches call.")
+    batch_size: int = Field(
+        32,
+        ge=1,
+        description="Rows per actor call, sent to the engine as one batch. vLLM's CPU build runs up to 256 sequences "
+        "at once, so 256 keeps it busy; on GPUs, larger batches keep vLLM's scheduler full.",
+    )
     max_tokens: int = Field(512, ge=1, description="Generation budget per request.")
     temperature: float = Field(0.0, ge=0, description="0 = greedy, as in the paper.")
     max_model_len: int | None = Field(None, ge=16, description="Context length cap (vLLM).")

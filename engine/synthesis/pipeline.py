@@ -68,11 +68,8 @@ def synthesis_fingerprint(config: RunConfig) -> str:
 
 
 def _model_step(ds: ray.data.Dataset, step: type[RowStep], engine: EngineConfig, **kwargs) -> ray.data.Dataset:
-    # Blocks of one batch each: every actor call is one full generate call, and the pool's actors share the work
-    # evenly to the end of the stream (blocks as read are of any size).
-    return ds.repartition(target_num_rows_per_block=engine.batch_size).map_batches(
-        step, fn_constructor_kwargs={"engine": engine, **kwargs}, batch_size=engine.batch_size,
-        batch_format="pyarrow", **engine_actor_options(engine))
+    return ds.map_batches(step, fn_constructor_kwargs={"engine": engine, **kwargs}, batch_size=engine.batch_size,
+                          batch_format="pyarrow", **engine_actor_options(engine))
 
 
 def build_dataset(config: RunConfig, shards: list[str], root: str) -> ray.data.Dataset:
@@ -92,7 +89,9 @@ def build_dataset(config: RunConfig, shards: list[str], root: str) -> ray.data.D
     return ds.map_batches(BuildExamples(config.seed, filtering.enabled), batch_format="pyarrow")
 
 
-@ray.remote(num_cpus=0.25)
+# A whole CPU each: at a fraction, Ray starts a worker process per task beyond its idle pool, so a run with many row
+# files would start dozens of Python processes at once and its memory would grow with the data.
+@ray.remote(num_cpus=1)
 def _publish(rows_file: str, out: str, fs: fsspec.AbstractFileSystem, duplicates: set[str]) -> None:
     rows = outputs.mark_duplicates(pq.read_table(rows_file, filesystem=fs), duplicates)
     stem = rows_file.rsplit("/", 1)[-1]

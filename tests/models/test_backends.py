@@ -23,7 +23,7 @@ from PIL import Image
 
 from engine.config import EngineConfig
 from engine.models.backends import GenerationRequest, GenerationResult, create_backend
-from engine.models.backends.base import run_isolating_failures
+from engine.models.backends.base import describe_error, run_isolating_failures
 from engine.models.backends.openai_backend import OpenAIBackend
 from engine.models.families import render
 from engine.models.loading import load_processor
@@ -99,6 +99,18 @@ def test_a_failing_request_is_isolated_and_the_rest_stay_batched():
     assert sorted(succeeded) == ["a", "b", "d", "e", "f", "h"]  # each good request generated exactly once
     # 8 fails; each half of 4 holds a bad request: 4 fails, 2 succeeds, 2 fails, 1 fails, 1 succeeds.
     assert [len(call) for call in calls] == [8, 4, 2, 2, 1, 1, 4, 2, 2, 1, 1]
+
+
+def test_a_failure_reason_names_the_root_cause_an_engine_wrapped():
+    try:
+        try:
+            raise OSError("image file is truncated")
+        except OSError as cause:
+            raise ValueError("Failed to apply the processor") from cause
+    except ValueError as error:
+        wrapped = error
+    assert describe_error(wrapped) == "ValueError: Failed to apply the processor; caused by OSError: image file is truncated"
+    assert describe_error(KeyError()) == "KeyError"
 
 
 # transformers

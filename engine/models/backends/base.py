@@ -82,9 +82,14 @@ class Backend(ABC):
 
 
 def describe_error(error: BaseException) -> str:
-    """A one-line reason for a result row: the exception type tells a corrupt image from a context overflow."""
-    message = " ".join(str(error).split())
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+    """A one-line reason for a result row: the exception type tells a corrupt image from a context overflow. Engines
+    wrap the root cause ("Failed to apply the processor" from "image file is truncated"), so the causes follow."""
+    reasons = []
+    while error is not None:
+        message = " ".join(str(error).split())
+        reasons.append(f"{type(error).__name__}: {message}" if message else type(error).__name__)
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return "; caused by ".join(reasons)
 
 
 BatchRunner = Callable[[Sequence[GenerationRequest]], list[GenerationResult]]

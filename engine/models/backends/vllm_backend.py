@@ -30,6 +30,9 @@ def engine_kwargs(config: EngineConfig) -> dict[str, Any]:
         "enforce_eager": config.enforce_eager,
         # Requests carry images only; without this vLLM also profiles (and reserves memory for) video inputs.
         "limit_mm_per_prompt": {"video": 0},
+        # A stream shows each image once, so vLLM's cache of processed images (4 GiB by default) never hits; it only
+        # grows the actor's memory with the data.
+        "mm_processor_cache_gb": 0,
     }
     if config.max_model_len is not None:
         kwargs["max_model_len"] = config.max_model_len
