@@ -49,7 +49,9 @@ _FIELD_SEPARATOR = " :: "
 
 
 def core_ids(cores: str) -> list[int]:
-    """CPU ids of a core list such as '0-3,6' (the notation of taskset and VLLM_CPU_OMP_THREADS_BIND)."""
+    """CPU ids of a core list such as '0-3,6' (the notation of taskset and VLLM_CPU_OMP_THREADS_BIND).
+
+    vLLM has such a parser, but a config must validate on machines without vLLM (drivers, the openai backend)."""
     ids: set[int] = set()
     for part in cores.split(","):
         first, dash, last = part.strip().partition("-")
