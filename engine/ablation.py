@@ -19,9 +19,7 @@ from dataclasses import dataclass
 import fsspec
 
 from engine.config import ConfigError, RunConfig, apply_override
-
-ABLATION_DIR = "ablation"
-TABLE_FILE = "ablation.md"
+from engine.io.run_dir import ABLATION_TABLE, RunDir
 
 
 @dataclass(frozen=True)
@@ -55,14 +53,14 @@ def select_variants(names: Sequence[str] | None) -> list[Variant]:
     return [variant for variant in VARIANTS if variant.name in names]
 
 
-def ablation_root(config: RunConfig) -> str:
-    return f"{config.with_absolute_paths().output_dir.rstrip('/')}/{ABLATION_DIR}"
+def ablation_root(config: RunConfig) -> RunDir:
+    return RunDir(config.with_absolute_paths().output_dir).ablation()
 
 
 def variant_config(config: RunConfig, variant: Variant) -> RunConfig:
     """The config of one variant: its overrides applied, its own output folder."""
     tree = config.with_absolute_paths().model_dump(mode="json")
-    for assignment in (*variant.overrides, f"output_dir={ablation_root(config)}/{variant.name}"):
+    for assignment in (*variant.overrides, f"output_dir={ablation_root(config).url(variant.name)}"):
         apply_override(tree, assignment)
     try:
         return RunConfig.model_validate(tree)
@@ -80,7 +78,7 @@ def plan_variants(config: RunConfig, variants: Sequence[Variant]) -> list[tuple[
         variant_run = variant_config(config, variant)
         fingerprint = synthesis_fingerprint(variant_run)
         if fingerprint in synthesized_by:
-            shared = f"{synthesized_by[fingerprint].rstrip('/')}/synthesis/instructions"
+            shared = RunDir(synthesized_by[fingerprint]).instructions
             variant_run = variant_run.model_copy(
                 update={"training": variant_run.training.model_copy(update={"dataset": shared})})
         else:
@@ -114,7 +112,6 @@ def run_ablation(config: RunConfig, names: Sequence[str] | None = None) -> str:
     complete), evaluate them together, write and return the table."""
     from engine.evaluation import report
     from engine.evaluation.runner import run_evaluation
-    from engine.io.stage_dir import TRAINING_STAGE, trained_model_dir
     from engine.synthesis.pipeline import run_synthesis
     from engine.training.loop import run_training
 
@@ -130,10 +127,10 @@ def run_ablation(config: RunConfig, names: Sequence[str] | None = None) -> str:
             failures[variant.name] = str(err).replace("\n", "; ")
             print(f"ablation: {variant.name} not trained: {failures[variant.name]}", file=sys.stderr)
             continue
-        models[variant.name] = trained_model_dir(variant_run.output_dir, TRAINING_STAGE)
+        models[variant.name] = RunDir(variant_run.output_dir).trained_model()
     root = ablation_root(config)
-    results = run_evaluation(config.model_copy(update={"output_dir": root}), models)
+    results = run_evaluation(config.model_copy(update={"output_dir": root.url()}), models)
     table = render_table(results, variants, failures)
-    with fsspec.open(f"{root}/{TABLE_FILE}", "w") as file:
+    with fsspec.open(root.url(ABLATION_TABLE), "w") as file:
         file.write(table)
     return table

@@ -11,7 +11,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from engine.ablation import VARIANT_NAMES as ABLATION_VARIANTS
 from engine.config import ConfigError, RunConfig, dump_config, load_config
@@ -20,7 +19,6 @@ EXIT_OK = 0
 EXIT_INVALID = 2  # bad config or bad arguments (argparse uses 2 for usage errors too)
 SYNTHESIS_SUMMARY_KEYS = ("rows_in", "rows_out", "rows_dropped", "rows_quarantined", "tasks_synthesized", "tasks_kept")
 TRAINING_SUMMARY_KEYS = ("steps", "final_loss", "model")
-RUN_SUMMARY = "run_summary.json"
 
 
 def _load(args: argparse.Namespace) -> RunConfig:
@@ -43,10 +41,12 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from engine.io.run_dir import INSTRUCTIONS, SYNTHESIS, RunDir
     from engine.io.sinks import export_hf_disk, export_llama_factory
 
-    instructions = Path(args.run_dir) / "synthesis" / "instructions"
-    if not instructions.is_dir():
+    run = RunDir(args.run_dir)
+    instructions = run.instructions
+    if not run.exists(SYNTHESIS, INSTRUCTIONS):
         print(f"adapt export: no instruction set at {instructions} (run `adapt synthesize` first)", file=sys.stderr)
         return EXIT_INVALID
     export = export_llama_factory if args.to == "llama-factory" else export_hf_disk
@@ -92,12 +92,14 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from engine.evaluation.report import regenerate_report
+    from engine.io.run_dir import RunDir
 
-    if not (Path(args.run_dir) / "evaluation").is_dir():
+    evaluation = RunDir(args.run_dir).evaluation()
+    if not evaluation.exists():
         print(f"adapt report: no evaluation/ in {args.run_dir} (run `adapt evaluate` first)", file=sys.stderr)
         return EXIT_INVALID
     print(json.dumps(regenerate_report(args.run_dir), indent=2))
-    print(f"adapt report: wrote {Path(args.run_dir) / 'evaluation'}/report.json, report.md, report.png", file=sys.stderr)
+    print(f"adapt report: wrote {evaluation.url()}/report.json, report.md, report.png", file=sys.stderr)
     return EXIT_OK
 
 
@@ -138,6 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import fsspec
 
     from engine.evaluation.runner import run_evaluation
+    from engine.io.run_dir import RunDir
     from engine.synthesis.pipeline import run_synthesis
     from engine.training.loop import run_synthesizer_tuning, run_training
 
@@ -146,9 +149,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages = ["synthesize", "train", "evaluate (base and adapted)", "report"]
     if config.synthesizer_tuning is not None:
         stages.insert(0, "tune synthesizer")
-    run_dir = config.with_absolute_paths().output_dir.rstrip("/")
+    run_dir = RunDir(config.with_absolute_paths().output_dir)
     print(f"adapt run: config {args.config} is valid (fingerprint {config.fingerprint()})")
-    print(f"adapt run: run directory {run_dir}")
+    print(f"adapt run: run directory {run_dir.url()}")
     print(f"adapt run: stages: {' -> '.join(stages)}")
     print(f"adapt run: route: {describe_route(config)}")
     summary: dict = {"config": str(args.config), "route": describe_route(config)}
@@ -162,13 +165,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary["evaluation"] = results = run_evaluation(config)
     summary["adapted_vs_base"] = compare_to_base(results)
     summary["seconds"] = round(time.monotonic() - started, 1)
-    with fsspec.open(f"{run_dir}/{RUN_SUMMARY}", "w") as file:
+    with fsspec.open(run_dir.summary, "w") as file:
         file.write(json.dumps(summary, indent=2) + "\n")
-    with fsspec.open(f"{run_dir}/evaluation/report.md") as file:
+    with fsspec.open(run_dir.evaluation().url("report.md")) as file:
         print(file.read().decode())
     for line in summary["adapted_vs_base"]:
         print(f"adapt run: {line}")
-    print(f"adapt run: done in {summary['seconds']:.0f} s; summary in {run_dir}/{RUN_SUMMARY}")
+    print(f"adapt run: done in {summary['seconds']:.0f} s; summary in {run_dir.summary}")
     return EXIT_OK
 
 

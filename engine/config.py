@@ -18,10 +18,12 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import fsspec
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-ModelFamily = Literal["qwen2-vl", "llava-llama3", "mllama", "text"]
+# Prompt formats (engine.models.families); "text" is a text-only model such as the judge, prompted with raw text.
+FamilyName = Literal["qwen2-vl", "llava-llama3", "llava-hf-llama3", "mllama", "text"]
 InferenceBackend = Literal["vllm", "transformers", "openai"]
 Device = Literal["cpu", "cuda"]
 
@@ -62,14 +64,75 @@ def core_ids(cores: str) -> list[int]:
     return sorted(ids)
 
 
-def absolute(ref: str) -> str:
-    """A local path made absolute (Ray workers do not share the driver's working directory); other refs unchanged."""
-    return str(Path(ref).expanduser().resolve()) if is_local_path(ref) else ref
+def absolute(ref: str, path: bool = False) -> str:
+    """A local path made absolute (Ray workers do not share the driver's working directory); other refs unchanged.
+    `path`: the reference is a data set, file or folder, never a hub id, so one without a scheme is a local path."""
+    if is_url(ref) or not (path or is_local_path(ref)):
+        return ref
+    return str(Path(ref).expanduser().resolve())
 
 
-def _require_local_path_exists(ref: str, field: str) -> None:
-    if is_local_path(ref) and not Path(ref).expanduser().exists():
+def _check_url_scheme(ref: str, field: str) -> None:
+    """A URL's filesystem must be installed (s3fs for s3://, gcsfs for gs://), or the stage fails at its first read."""
+    protocol = ref.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except (ImportError, ValueError) as err:
+        raise FieldProblem(field, f"{ref!r}: no filesystem for {protocol}:// is available ({err})") from None
+
+
+def _check_model_ref(ref: str, field: str) -> None:
+    """A model: a local path must exist, a URL's filesystem must be installed; anything else is a hub id."""
+    if is_url(ref):
+        _check_url_scheme(ref, field)
+    elif is_local_path(ref) and not Path(ref).expanduser().exists():
         raise FieldProblem(field, f"{ref!r} does not exist (relative paths resolve against {os.getcwd()})")
+
+
+def _check_file_ref(ref: str, field: str) -> None:
+    """A data set or file: never a hub id, so any reference without a scheme is a local path and must exist."""
+    if is_url(ref):
+        _check_url_scheme(ref, field)
+    elif not Path(ref).expanduser().exists():
+        raise FieldProblem(field, f"{ref!r} does not exist (relative paths resolve against {os.getcwd()})")
+
+
+# Families whose architecture the pinned vLLM (requirements/cpu.lock, requirements/gpu.lock) cannot run, and why.
+# Importing vLLM's model registry takes seconds, too slow for a config check; tests/test_config.py checks this table
+# against the installed vLLM's registry, so an upgrade that changes it fails there.
+VLLM_UNSUPPORTED_FAMILIES = {
+    "mllama": "vLLM dropped Mllama (MllamaForConditionalGeneration) after 0.10.2, and its Transformers fallback fails "
+              "at engine start",
+}
+# Qwen2-VL's image bounds in AdaMLLM's official evaluation: an image is resized to hold between these many pixels.
+QWEN2_VL_MIN_PIXELS = 224 * 224
+QWEN2_VL_MAX_PIXELS = 1280 * 28 * 28
+
+
+def min_pixels_field() -> Any:
+    return Field(QWEN2_VL_MIN_PIXELS, ge=1, description="qwen2-vl only: images are upscaled to at least this many "
+                 "pixels (224x224 in AdaMLLM's evaluation); null keeps the processor's own bound.")
+
+
+def max_pixels_field() -> Any:
+    return Field(QWEN2_VL_MAX_PIXELS, ge=1, description="qwen2-vl only: images are downscaled to at most this many "
+                 "pixels (1280x28x28, i.e. 1280 image tokens, in AdaMLLM's evaluation); null keeps the processor's "
+                 "own bound.")
+
+
+class ImageBounds:
+    """Qwen2-VL / Qwen2.5-VL image resizing, for the sections that load a model (other families' processors fix the
+    image size themselves). The sections declare `min_pixels` and `max_pixels` with the two field functions above."""
+
+    def processor_kwargs(self) -> dict[str, int]:
+        """The bounds as the processor takes them: only for qwen2-vl, and only those set."""
+        if self.family != "qwen2-vl":
+            return {}
+        return {key: value for key in ("min_pixels", "max_pixels") if (value := getattr(self, key)) is not None}
+
+    def _check_pixel_bounds(self) -> None:
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise FieldProblem("min_pixels", f"{self.min_pixels} exceeds max_pixels ({self.max_pixels})")
 
 
 class Section(BaseModel):
@@ -93,11 +156,21 @@ class ClusterConfig(Section):
     runtime_env: str | None = Field(
         None, description="Path to a runtime_env YAML applied to every task and actor (e.g. cluster/runtime_env.yaml)."
     )
+    forward_env: list[str] = Field(
+        default_factory=list,
+        description="Names of environment variables passed from the driver's environment to every Ray worker of the "
+        "run (through Ray's key-value store, which is not logged, unlike runtime_env env_vars): secrets such as "
+        "HF_TOKEN (gated models) or cloud credentials the nodes do not have themselves. Each must be set where the "
+        "config is checked. Only names go in a config, never values.",
+    )
 
     @model_validator(mode="after")
-    def _runtime_env_exists(self) -> ClusterConfig:
+    def _check(self) -> ClusterConfig:
         if self.runtime_env:
-            _require_local_path_exists(self.runtime_env, "runtime_env")
+            _check_file_ref(self.runtime_env, "runtime_env")
+        unset = [name for name in self.forward_env if not os.environ.get(name)]
+        if unset:
+            raise FieldProblem("forward_env", f"{', '.join(unset)} not set in this environment")
         return self
 
 
@@ -115,16 +188,18 @@ class DataConfig(Section):
     def _check(self) -> DataConfig:
         if self.min_image_side > self.max_image_side:
             raise FieldProblem("min_image_side", f"{self.min_image_side} exceeds max_image_side ({self.max_image_side})")
-        if not any(ch in self.path for ch in "*?["):
-            _require_local_path_exists(self.path, "path")
+        if is_url(self.path):
+            _check_url_scheme(self.path, "path")
+        elif not any(ch in self.path for ch in "*?["):
+            _check_file_ref(self.path, "path")
         return self
 
 
-class EngineConfig(Section):
+class EngineConfig(Section, ImageBounds):
     """An inference engine and the Ray actor pool that holds it (synthesizer, consistency judge, evaluation)."""
 
     model: str = Field(description="Hub id, local path (./...), or for backend 'openai' the served model name.")
-    family: ModelFamily = Field(description="Prompt format of the model family.")
+    family: FamilyName = Field(description="Prompt format of the model family.")
     backend: InferenceBackend = Field("vllm", description="vllm (CUDA or CPU build), transformers, or openai (HTTP).")
     device: Device = Field("cuda", description="Where the engine runs; 'cpu' for vLLM's CPU build or CPU torch.")
     base_url: str | None = Field(None, description="OpenAI-compatible server URL (backend 'openai' only).")
@@ -170,6 +245,8 @@ class EngineConfig(Section):
         "tokens, the end-of-sequence token and stop strings do not end it, so runs of random-weight models do equal "
         "work.",
     )
+    min_pixels: int | None = min_pixels_field()
+    max_pixels: int | None = max_pixels_field()
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:
@@ -190,9 +267,13 @@ class EngineConfig(Section):
             core_ids(self.cpu_threads_bind)
         if self.fixed_output_length and self.backend == "openai":
             raise FieldProblem("fixed_output_length", "is only honoured by backends 'vllm' and 'transformers'")
+        if self.backend == "vllm" and self.family in VLLM_UNSUPPORTED_FAMILIES:
+            raise FieldProblem("backend", f"'vllm' cannot run family {self.family!r}: "
+                               f"{VLLM_UNSUPPORTED_FAMILIES[self.family]}; use backend: transformers")
+        self._check_pixel_bounds()
         if self.backend == "vllm" and self.device == "cpu" and self.kv_cache_gib is None:
             raise FieldProblem("kv_cache_gib", "vLLM on CPU needs it (its default reservation fails on small machines)")
-        _require_local_path_exists(self.model, "model")
+        _check_model_ref(self.model, "model")
         return self
 
 
@@ -212,12 +293,6 @@ class SynthesisConfig(Section):
     def _check(self) -> SynthesisConfig:
         if self.synthesizer == "model" and self.engine is None:
             raise FieldProblem("engine", "synthesizer 'model' needs an engine section")
-        if self.synthesizer == "model" and self.engine.backend == "openai":
-            raise FieldProblem(
-                "engine.backend",
-                "the synthesizer prompt ends in an open user turn with an image, which the OpenAI-compatible HTTP "
-                "API cannot express; use vllm or transformers (the judge and evaluation can use openai)",
-            )
         return self
 
 
@@ -235,12 +310,12 @@ class FilterConfig(Section):
         return self
 
 
-class TrainingConfig(Section):
+class TrainingConfig(Section, ImageBounds):
     task: Literal["target", "synthesizer"] = Field(
         "target", description="'target' post-trains the MLLM; 'synthesizer' tunes an MLLM into a task synthesizer."
     )
     model: str = Field(description="Model to train: hub id or local path.")
-    family: ModelFamily = Field(description="Model family (chat template, collation).")
+    family: FamilyName = Field(description="Model family (chat template, collation).")
     dataset: str | None = Field(
         None,
         description="Training data: a Parquet instruction set (default: the run's synthesis/instructions), a "
@@ -275,6 +350,13 @@ class TrainingConfig(Section):
     checkpoint_every: int = Field(100, ge=1, description="Optimizer steps between checkpoints.")
     log_every: int = Field(1, ge=1, description="Optimizer steps between metric lines (stdout and metrics.csv).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory (large models).")
+    fused_adam: bool = Field(
+        False,
+        description="GPUs: DeepSpeed's FusedAdam instead of torch's AdamW. Faster steps, but it compiles a CUDA kernel "
+        "when training starts, which needs a CUDA toolkit matching torch's in the image (cluster/README.md).",
+    )
+    min_pixels: int | None = min_pixels_field()
+    max_pixels: int | None = max_pixels_field()
     blank_image_fraction: float = Field(
         0.1, ge=0, le=1, description="Synthesizer tuning: share of images replaced by a blank image."
     )
@@ -282,10 +364,13 @@ class TrainingConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:
-        _require_local_path_exists(self.model, "model")
-        _require_local_path_exists(self.deepspeed_config, "deepspeed_config")
+        _check_model_ref(self.model, "model")
+        _check_file_ref(self.deepspeed_config, "deepspeed_config")
         if self.dataset:
-            _require_local_path_exists(self.dataset, "dataset")
+            _check_file_ref(self.dataset, "dataset")
+        self._check_pixel_bounds()
+        if self.fused_adam and not self.use_gpu:
+            raise FieldProblem("fused_adam", "DeepSpeed's FusedAdam is a CUDA kernel; set use_gpu: true")
         if not self.use_gpu and self.precision == "bf16":
             raise FieldProblem("precision", "'bf16' needs GPUs; use precision: fp32 with use_gpu: false")
         per_step = self.num_workers * self.micro_batch_size
@@ -307,7 +392,7 @@ class BenchmarkConfig(Section):
     @model_validator(mode="after")
     def _path_exists(self) -> BenchmarkConfig:
         if self.path:
-            _require_local_path_exists(self.path, "path")
+            _check_file_ref(self.path, "path")
         return self
 
 
@@ -341,6 +426,12 @@ class RunConfig(Section):
     )
 
     @model_validator(mode="after")
+    def _check_output_dir(self) -> RunConfig:
+        if is_url(self.output_dir):
+            _check_url_scheme(self.output_dir, "output_dir")
+        return self
+
+    @model_validator(mode="after")
     def _check_tuning(self) -> RunConfig:
         tuning = self.synthesizer_tuning
         if tuning is None:
@@ -356,19 +447,20 @@ class RunConfig(Section):
     def with_absolute_paths(self) -> RunConfig:
         """The same config with every local path absolute, as stage drivers hand it to Ray workers."""
         tree = self.model_dump()
-        tree["output_dir"] = absolute(tree["output_dir"])
-        tree["data"]["path"] = absolute(tree["data"]["path"])
+        tree["output_dir"] = absolute(tree["output_dir"], path=True)
+        tree["data"]["path"] = absolute(tree["data"]["path"], path=True)
         for section in ("synthesis", "filter", "evaluation"):
             engine = (tree.get(section) or {}).get("engine")
             if engine:
                 engine["model"] = absolute(engine["model"])
         for section in ("synthesizer_tuning", "training"):
             if tree.get(section):
-                for key in ("model", "deepspeed_config", "dataset"):
-                    tree[section][key] = tree[section][key] and absolute(tree[section][key])
+                tree[section]["model"] = absolute(tree[section]["model"])
+                for key in ("deepspeed_config", "dataset"):
+                    tree[section][key] = tree[section][key] and absolute(tree[section][key], path=True)
         if tree.get("evaluation"):
             for benchmark in tree["evaluation"]["benchmarks"]:
-                benchmark["path"] = benchmark["path"] and absolute(benchmark["path"])
+                benchmark["path"] = benchmark["path"] and absolute(benchmark["path"], path=True)
             tree["evaluation"]["models"] = {name: absolute(ref) for name, ref in tree["evaluation"]["models"].items()}
         return RunConfig.model_validate(tree)
 

@@ -86,6 +86,7 @@ BENCHMARK_SCHEMA = pa.schema(
 PREDICTION_SCHEMA = pa.schema(
     [
         pa.field("task", pa.string()),
+        pa.field("row_id", pa.string()),  # task:example_id, the id the prediction job checkpoints by
         pa.field("example_id", pa.string()),
         pa.field("model", pa.string()),
         pa.field("prompt", pa.string()),

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.object_store import s3_bucket, s3_server  # noqa: F401  (fixtures for every test)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,15 +57,17 @@ def write_config(workdir: Path, tree: dict, name: str = "run.yaml") -> Path:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray for the whole session (start-up costs seconds), with its own session dir and 4 logical CPUs on
-    2 cores so actor pools do not starve read tasks. Stopped by this process only: never `ray stop`."""
+    """One local Ray for the whole session (start-up costs seconds), with its own session dir, 4 logical CPUs on
+    2 cores so actor pools do not starve read tasks, and the recipes' node-group resources. Stopped by this process only: never `ray stop`."""
     import shutil
     import tempfile
 
     import ray
 
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
-    ray.init(num_cpus=4, _temp_dir=temp_dir, include_dashboard=False, logging_level="WARNING")
+    # The node-group resources the recipes pin their pools with (cluster/raycluster.yaml), so recipe runs keep them.
+    groups = {"synthesis_node": 4, "filter_node": 4, "training_node": 4}
+    ray.init(num_cpus=4, resources=groups, _temp_dir=temp_dir, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)

@@ -122,3 +122,43 @@ def write_pairs_as(data_format: str, root: Path, rows: int) -> Path:
     elif data_format == "hf_disk":
         datasets.Dataset.from_list(records).save_to_disk(str(target))
     return target
+
+
+def task_benchmark_records(task: str, rows: int) -> list[dict]:
+    """`rows` records of one benchmark task in the shape its hub copy has (image, input, label, and answer_type or
+    option columns where the task needs them), for tests that run a recipe's evaluation without the hub."""
+    from engine.evaluation import vocabularies
+    from engine.evaluation.tasks import get_task
+
+    spec = get_task(task)
+    colours = ((220, 30, 30), (30, 200, 30), (30, 30, 220))
+    records = []
+    for index in range(rows):
+        record = {"id": f"{task}-{index}", "image": png_bytes(colours[index % 3], size=112),
+                  "input": f"Question {index} about this image?"}
+        if spec.answer_type:
+            closed = index % 2 == 0
+            record.update(answer_type="CLOSED" if closed else "OPEN", label="yes" if closed else "left lung")
+        elif spec.options:
+            record.update(A="first", B="second", C="third", D="fourth", label="B")
+        elif task == "food101":
+            record["label"] = vocabularies.food101_classes()[index % 101]
+        elif spec.list_label:
+            names = (vocabularies.foodseg103_classes() if task == "foodseg103"
+                     else vocabularies.nutrition5k_ingredients())
+            record["label"] = list(names[index % 5: index % 5 + 2])
+        else:
+            record["label"] = "A plate of food on a table, seen from above."
+        records.append(record)
+    return records
+
+
+def write_task_benchmark(task: str, folder: Path, rows: int) -> Path:
+    """task_benchmark_records as a Parquet file; returns its path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{task}.parquet"
+    pq.write_table(pa.Table.from_pylist(task_benchmark_records(task, rows)), path)
+    return path

@@ -60,13 +60,23 @@ def test_fingerprint_changes_with_any_field(workdir):
         (lambda t: t["training"].update(learning_rate="fast"), "run.yaml: training.learning_rate: Input should be"),
         (lambda t: t["data"].update(format="csv"), "run.yaml: data.format: Input should be"),
         (lambda t: t["data"].update(path="./nowhere"), "run.yaml: data.path: './nowhere' does not exist"),
+        # A data set is never a hub id: a path without ./ is local too.
+        (lambda t: t["data"].update(path="nowhere/pairs"), "run.yaml: data.path: 'nowhere/pairs' does not exist"),
+        (lambda t: t["data"].update(path="nosuchfs://bucket/pairs"), "run.yaml: data.path: 'nosuchfs://bucket/pairs':"
+                                                                      " no filesystem for nosuchfs://"),
+        (lambda t: t.update(output_dir="nosuchfs://bucket/run"), "run.yaml: output_dir: 'nosuchfs://bucket/run': no"),
+        (lambda t: t["training"].update(deepspeed_config="configs/absent.json"),
+         "run.yaml: training.deepspeed_config: 'configs/absent.json' does not exist"),
+        (lambda t: t["synthesis"]["engine"].update(family="mllama"),
+         "run.yaml: synthesis.engine.backend: 'vllm' cannot run family 'mllama': vLLM dropped Mllama"),
+        (lambda t: t["synthesis"]["engine"].update(min_pixels=4096, max_pixels=1024),
+         "run.yaml: synthesis.engine.min_pixels: 4096 exceeds max_pixels (1024)"),
+        (lambda t: t["training"].update(fused_adam=True), "run.yaml: training.fused_adam: DeepSpeed's FusedAdam is a"),
+        (lambda t: t.update(cluster={"forward_env": ["ADAPT_TEST_UNSET_SECRET"]}),
+         "run.yaml: cluster.forward_env: ADAPT_TEST_UNSET_SECRET not set in this environment"),
         (lambda t: t["synthesis"]["engine"].update(num_gpus=1), "run.yaml: synthesis.engine.num_gpus: is 1"),
         (lambda t: t["filter"]["engine"].update(kv_cache_gib=None), "run.yaml: filter.engine.kv_cache_gib: vLLM on CPU"),
         (lambda t: t["synthesis"]["engine"].update(backend="openai"), "run.yaml: synthesis.engine.base_url:"),
-        (
-            lambda t: t["synthesis"]["engine"].update(backend="openai", base_url="http://127.0.0.1:8000", num_cpus=1),
-            "run.yaml: synthesis.engine.backend: the synthesizer prompt ends in an open user turn",
-        ),
         (lambda t: t["filter"]["engine"].update(backend="transformers", device="cuda"), "run.yaml: filter.engine.num_gpus"),
         (lambda t: t["synthesis"].pop("engine"), "run.yaml: synthesis.engine: synthesizer 'model' needs an engine"),
         (lambda t: t["training"].update(model="./models/absent"), "run.yaml: training.model: './models/absent' does"),
@@ -105,10 +115,28 @@ def test_override_errors_point_at_the_command_line(workdir):
     assert "command line: nope: unknown key" in lines
 
 
+def test_forwarded_variables_are_checked_by_name_only(workdir, monkeypatch):
+    monkeypatch.setenv("ADAPT_TEST_SECRET", "s3cr3t-value")
+    tree = base_tree()
+    tree["cluster"] = {"forward_env": ["ADAPT_TEST_SECRET"]}
+    config = load_config(write_config(workdir, tree))
+    assert config.cluster.forward_env == ["ADAPT_TEST_SECRET"]
+    assert "s3cr3t-value" not in dump_config(config)
+
+
+def test_qwen2_vl_image_bounds_default_to_the_official_evaluation_and_reach_only_qwen_processors(workdir):
+    config = load_config(write_config(workdir, base_tree()))
+    assert config.synthesis.engine.processor_kwargs() == {"min_pixels": 224 * 224, "max_pixels": 1280 * 28 * 28}
+    assert config.training.processor_kwargs() == {"min_pixels": 224 * 224, "max_pixels": 1280 * 28 * 28}
+    assert config.filter.engine.processor_kwargs() == {}  # the text judge
+    unbounded = load_config(write_config(workdir, base_tree()), ["synthesis.engine.min_pixels=null"])
+    assert unbounded.synthesis.engine.processor_kwargs() == {"max_pixels": 1280 * 28 * 28}
+
+
 def test_hub_ids_and_urls_are_not_checked_locally(workdir):
     tree = base_tree()
     tree["training"]["model"] = "Qwen/Qwen2-VL-2B-Instruct"
-    tree["data"]["path"] = "s3://bucket/pairs/"
+    tree["data"]["path"] = "memory://bucket/pairs/"
     config = load_config(write_config(workdir, tree))
     assert config.training.model == "Qwen/Qwen2-VL-2B-Instruct"
 
@@ -179,3 +207,23 @@ def test_a_tuned_synthesizer_needs_the_model_synthesizer(workdir):
     tree["synthesis"]["synthesizer"] = "rule_based"
     with pytest.raises(ConfigError, match="synthesis.synthesizer: a tuned synthesizer needs synthesizer 'model'"):
         load_config(write_config(workdir, tree))
+
+
+# The architectures each family's checkpoints use (their config.json `architectures`).
+FAMILY_ARCHITECTURES = {
+    "llava-llama3": ("LlavaNextForConditionalGeneration",),
+    "llava-hf-llama3": ("LlavaNextForConditionalGeneration",),
+    "qwen2-vl": ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"),
+    "mllama": ("MllamaForConditionalGeneration",),
+    "text": ("LlamaForCausalLM", "Qwen2ForCausalLM"),
+}
+
+
+@pytest.mark.slow  # importing vLLM's model registry takes seconds, which is why the config check does not
+def test_the_families_refused_for_vllm_are_those_the_installed_vllm_cannot_run():
+    from engine.config import VLLM_UNSUPPORTED_FAMILIES
+
+    vllm = pytest.importorskip("vllm")
+    supported = set(vllm.ModelRegistry.get_supported_archs())
+    runs = {family: all(arch in supported for arch in archs) for family, archs in FAMILY_ARCHITECTURES.items()}
+    assert {family for family, ok in runs.items() if not ok} == set(VLLM_UNSUPPORTED_FAMILIES)

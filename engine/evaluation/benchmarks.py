@@ -38,6 +38,10 @@ _OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 # `options` JSON text of {choice: option text}.
 BENCHMARK_ROW_SCHEMA = pa.schema(
     [
+        pa.field("task", pa.string()),
+        # Unique across every task of a run (task:example_id): one actor pool predicts all of a model's tasks in one
+        # Ray Data job, whose checkpoint records finished rows by this id.
+        pa.field("row_id", pa.string()),
         pa.field("example_id", pa.string()),
         pa.field("example_index", pa.int64()),
         pa.field("image", pa.binary()),
@@ -221,6 +225,8 @@ def normalize_record(spec: TaskSpec, raw: RawRecord, index: int, example_id: str
 
     answer_type = fields.get("answer_type")
     row = {
+        "task": spec.name,
+        "row_id": f"{spec.name}:{example_id}",
         "example_id": example_id,
         "example_index": index,
         "input": attempt(lambda: str(_required(fields, "input"))),

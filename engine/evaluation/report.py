@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import posixpath
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -23,11 +22,8 @@ import fsspec
 import pyarrow.dataset as pads
 
 from engine.evaluation.tasks import TASKS, TaskSpec, get_task
+from engine.io.run_dir import STATE, EvaluationDir, RunDir
 
-EVALUATION_DIR = "evaluation"
-PREDICTIONS_DIR = "predictions"
-STATE_DIR = "_state"
-REPORT_FILES = ("report.json", "report.md", "report.png")
 BASE_MODEL = "base"
 # Models shown first, in this order; any other model follows in name order.
 LEADING_MODELS = (BASE_MODEL, "adapted")
@@ -46,14 +42,6 @@ def ordered_tasks(names: Iterable[str]) -> list[str]:
     return [name for name in TASKS if name in names] + sorted(names - set(TASKS))
 
 
-def predictions_path(eval_dir: str, model: str, task: str) -> str:
-    return posixpath.join(eval_dir, PREDICTIONS_DIR, model, task)
-
-
-def state_path(eval_dir: str, model: str, task: str) -> str:
-    return posixpath.join(eval_dir, STATE_DIR, model, f"{task}.json")
-
-
 def read_prediction_rows(path: str, fs: fsspec.AbstractFileSystem | None = None) -> list[dict[str, Any]]:
     """The scoring columns of a Parquet predictions file or folder, ordered by example index."""
     if fs is None:
@@ -67,26 +55,13 @@ def score_prediction_rows(spec: TaskSpec, rows: Iterable[Mapping[str, Any]]) -> 
     return spec.summarize((row["example_index"], spec.scoring_row(row)) for row in rows)
 
 
-def collect_results(eval_dir: str, pairs: Iterable[tuple[str, str]],
-                    fs: fsspec.AbstractFileSystem | None = None) -> Results:
+def collect_results(evaluation: EvaluationDir, pairs: Iterable[tuple[str, str]]) -> Results:
     """{model: {task: scores}} for the given (model, task) pairs, scored from their prediction files."""
-    if fs is None:
-        fs, eval_dir = fsspec.core.url_to_fs(eval_dir)
     results: Results = {}
     for model, task in pairs:
-        rows = read_prediction_rows(predictions_path(eval_dir, model, task), fs)
+        rows = read_prediction_rows(evaluation.path(evaluation.predictions(model, task)), evaluation.fs)
         results.setdefault(model, {})[task] = score_prediction_rows(get_task(task), rows)
     return results
-
-
-def completed_pairs(eval_dir: str, fs: fsspec.AbstractFileSystem) -> list[tuple[str, str]]:
-    """The (model, task) pairs whose predictions the runner finished, from its state files."""
-    pairs = []
-    for path in fs.glob(posixpath.join(eval_dir, STATE_DIR, "*", "*.json")):
-        with fs.open(path) as file:
-            if json.load(file).get("status") == "complete":
-                pairs.append((posixpath.basename(posixpath.dirname(path)), posixpath.basename(path)[: -len(".json")]))
-    return pairs
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -162,10 +137,9 @@ def render_chart(results: Results) -> bytes:
     return buffer.getvalue()
 
 
-def write_report(eval_dir: str, results: Results) -> Results:
+def write_report(evaluation: EvaluationDir, results: Results) -> Results:
     """Write report.json, report.md and report.png into the evaluation folder; returns the results."""
-    fs, fs_dir = fsspec.core.url_to_fs(eval_dir)
-    fs.makedirs(fs_dir, exist_ok=True)
+    evaluation.fs.makedirs(evaluation.root, exist_ok=True)
     ordered = {model: {task: results[model][task] for task in ordered_tasks(results[model])}
                for model in ordered_models(results)}
     contents = {
@@ -174,17 +148,15 @@ def write_report(eval_dir: str, results: Results) -> Results:
         "report.png": render_chart(ordered),
     }
     for name, data in contents.items():
-        with fs.open(posixpath.join(fs_dir, name), "wb") as file:
+        with evaluation.fs.open(evaluation.path(name), "wb") as file:
             file.write(data)
     return ordered
 
 
 def regenerate_report(run_dir: str) -> Results:
     """Rescore every completed (model, task) of a run directory and rewrite its report files."""
-    fs, fs_run = fsspec.core.url_to_fs(run_dir)
-    eval_dir = posixpath.join(fs_run, EVALUATION_DIR)
-    pairs = completed_pairs(eval_dir, fs)
+    evaluation = RunDir(run_dir).evaluation()
+    pairs = evaluation.completed_pairs()
     if not pairs:
-        raise FileNotFoundError(f"no completed evaluation in {run_dir} (looked for {eval_dir}/{STATE_DIR})")
-    results = collect_results(eval_dir, pairs, fs)
-    return write_report(posixpath.join(run_dir.rstrip("/"), EVALUATION_DIR), results)
+        raise FileNotFoundError(f"no completed evaluation in {run_dir} (looked for {evaluation.url(STATE)})")
+    return write_report(evaluation, collect_results(evaluation, pairs))

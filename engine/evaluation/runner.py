@@ -1,27 +1,29 @@
 """The evaluation stage on Ray Data: every model on every benchmark, predictions to Parquet, then scores and report.
 
-    per task:           benchmark source -> normalized table  evaluation/benchmarks/{task}/   (once, on the driver)
-    per (model, task):  read_parquet(table) -> Predict (actor pool, greedy) -> write_parquet(predictions/{model}/{task})
-    then:               rescore every prediction file -> report.json, report.md, report.png, manifest.json
+    per task:   benchmark source -> normalized table                   evaluation/benchmarks/{task}/  (on the driver)
+    per model:  read_parquet(the tables of its pending tasks) -> Predict (one actor pool, greedy)
+                -> write_parquet(predictions/{model}/task={task}/)     (one Ray Data job: the engine starts once)
+    then:       rescore every prediction file -> report.json, report.md, report.png, manifest.json
 
 Models scored: `base` (training.model, or evaluation.engine.model without a training section), every entry of
 evaluation.models, and `adapted` ({output_dir}/training/model) once training has written it. All use the
-evaluation engine's settings and model family; only the weights differ. Decoding is greedy and an answer gets the
-task's budget (the paper's 1024 or 256 tokens) capped by `engine.max_tokens`.
+evaluation engine's settings and model family; only the weights differ. Decoding is greedy and an answer gets its
+task's budget (the paper's 1024 or 256 tokens) capped by `engine.max_tokens`; tasks are rows, so one pool serves
+tasks with different budgets.
 
-Resume: each (model, task) is one Ray Data job with checkpointing keyed on `example_id`, so a killed evaluation
-restarted with the same config predicts only the missing examples; a state file per pair records the config
-fingerprint it was made with and whether it finished. A finished pair is skipped; a pair made with another
-fingerprint (other weights, or the same path with changed files; another benchmark; other engine settings) is
-predicted again from scratch. Predictions are
-written before any scoring, so scoring can be rerun without inference (`adapt report`).
+Resume: a state file per (model, task) records the fingerprint the pair was made with and whether it finished. A
+finished pair is skipped; a pair made with another fingerprint (other weights, or the same path with changed files;
+another benchmark; other engine settings) is predicted again from scratch. A model's job checkpoints its finished rows
+(Ray Data checkpointing keyed on `row_id`) in a folder named after the fingerprints of the pairs it predicts, so a
+killed evaluation restarted with the same config predicts only the missing rows, and a changed set of pending pairs
+starts clean. Predictions are written before any scoring, so scoring can be rerun without inference (`adapt
+report`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
 import re
 import sys
 import time
@@ -29,7 +31,6 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.dataset as pads
 import ray
@@ -42,6 +43,7 @@ from engine.config import (
     RunConfig,
     absolute,
     is_local_path,
+    is_url,
 )
 from engine.evaluation import report
 from engine.evaluation.benchmarks import (
@@ -53,27 +55,31 @@ from engine.evaluation.benchmarks import (
 )
 from engine.evaluation.tasks import TaskSpec, get_task
 from engine.io.images import ImageLimits, Problem, decode_image
-from engine.io.stage_dir import TRAINING_STAGE, trained_model_dir
+from engine.io.run_dir import MANIFEST, RunDir, arrow_location
 from engine.models.backends import GenerationRequest, create_backend
-from engine.models.families import FAMILIES, get_family, render
+from engine.models.families import FAMILIES, render
+from engine.models.loading import check_hub_models, engine_chat_format
 from engine.records import PREDICTION_SCHEMA
 from engine.runtime import engine_actor_options, ray_session
 
-BENCHMARKS_DIR = "benchmarks"
-CHECKPOINT_DIR = "_checkpoint"
 # Bump when the normalized benchmark table or the prediction rows change meaning: older files are then redone.
-TABLE_VERSION = 1
-PREDICTION_VERSION = 1
+TABLE_VERSION = 2
+PREDICTION_VERSION = 2
 # Engine fields that change how fast predictions come, not what they are: a resumed run may change them.
 RESOURCE_FIELDS = {"concurrency", "num_cpus", "num_gpus", "batch_size", "cpu_threads_bind", "kv_cache_gib",
                    "gpu_memory_utilization", "enforce_eager"}
 # Benchmark images are only refused when undecodable: the model's processor resizes small or large ones itself.
 IMAGE_LIMITS = ImageLimits(min_side=1)
+GENERATION_FAILED = "generation_failed"
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _percent(part: int, whole: int) -> float:
+    return round(100 * part / whole, 2) if whole else 0.0
 
 
 def max_tokens(spec: TaskSpec, engine: EngineConfig) -> int:
@@ -86,15 +92,18 @@ def models_to_score(config: RunConfig) -> dict[str, str]:
     evaluation = config.evaluation
     models = {report.BASE_MODEL: config.training.model if config.training else evaluation.engine.model}
     models.update(evaluation.models)
-    adapted = trained_model_dir(config.output_dir, TRAINING_STAGE)
-    fs, fs_adapted = fsspec.core.url_to_fs(adapted)
-    if "adapted" not in models and fs.exists(f"{fs_adapted}/config.json"):
-        models["adapted"] = adapted
+    run = RunDir(config.output_dir)
+    if "adapted" not in models and run.has_trained_model():
+        models["adapted"] = run.trained_model()
     return models
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The actor
+
+
+class EveryRequestFailed(RuntimeError):
+    """Every generation request of a (model, task) failed: its scores would be zeros that mean nothing."""
 
 
 class Predict:
@@ -105,16 +114,15 @@ class Predict:
     Such rows keep `prediction` null and are scored like a wrong answer.
     """
 
-    def __init__(self, engine: EngineConfig, task: str, model: str):
-        self._spec = get_task(task)
+    def __init__(self, engine: EngineConfig, tasks: list[str], model: str):
+        self._specs = {task: get_task(task) for task in tasks}
         self._model = model
-        self._family = engine.family
-        self._max_tokens = max_tokens(self._spec, engine)
-        self._stop = list(get_family(engine.family).stop)
+        self._format = engine_chat_format(engine)
+        self._max_tokens = {task: max_tokens(spec, engine) for task, spec in self._specs.items()}
         self._backend = create_backend(engine)
 
-    def _prompt(self, text: str) -> str:
-        return render(self._family, [{"role": "user", "content": self._spec.user_turn(text)}],
+    def _prompt(self, spec: TaskSpec, text: str) -> str:
+        return render(self._format.family, [{"role": "user", "content": spec.user_turn(text)}],
                       add_generation_prompt=True)
 
     def _request(self, row: dict[str, Any]) -> GenerationRequest | None:
@@ -123,14 +131,16 @@ class Predict:
             row["error"] = f"{decoded.reason}: {decoded.detail}"
             return None
         # Greedy by protocol (the paper's evaluation), whatever the engine's temperature says.
-        return GenerationRequest(prompt=row["prompt"], images=[decoded.image], max_tokens=self._max_tokens,
-                                 temperature=0.0, stop=self._stop)
+        return GenerationRequest(prompt=row["prompt"], images=[decoded.image], max_tokens=self._max_tokens[row["task"]],
+                                 temperature=0.0, stop=self._format.family.stop,
+                                 stop_token_ids=self._format.stop_token_ids)
 
     def _prediction_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        spec = self._specs[row["task"]]
         out = {field: row.get(field) for field in PREDICTION_SCHEMA.names}
-        out.update(task=self._spec.name, model=self._model)
+        out["model"] = self._model
         try:
-            scores = self._spec.score_example(self._spec.scoring_row(out), row["example_index"])
+            scores = spec.score_example(spec.scoring_row(out), row["example_index"])
         except ValueError:  # an unscorable row (no label, ...): counted by the report, no per-example scores
             scores = None
         out["scores"] = None if scores is None else json.dumps(scores)
@@ -140,7 +150,7 @@ class Predict:
         rows = batch.to_pylist()
         todo: list[tuple[dict[str, Any], GenerationRequest]] = []
         for row in rows:
-            row["prompt"] = None if row["input"] is None else self._prompt(row["input"])
+            row["prompt"] = None if row["input"] is None else self._prompt(self._specs[row["task"]], row["input"])
             request = None if row["error"] else self._request(row)
             if request is not None:
                 todo.append((row, request))
@@ -149,7 +159,7 @@ class Predict:
             if result.ok:
                 row["prediction"] = result.text
             else:
-                row["error"] = f"generation_failed: {result.error}"
+                row["error"] = f"{GENERATION_FAILED}: {result.error}"
         return pa.Table.from_pylist([self._prediction_row(row) for row in rows], schema=PREDICTION_SCHEMA)
 
 
@@ -172,8 +182,11 @@ class EvaluationStage:
         for name in self.models:
             if not _MODEL_NAME.match(name):
                 raise ConfigError(f"evaluation.models: {name!r} is not a usable name (letters, digits, . _ -)")
-        # Checked now (a local model folder must exist), not after Ray and the benchmark tables are up.
+        # Checked now (a local model folder must exist, the hub must serve a hub id), not after Ray and the
+        # benchmark tables are up.
         self.engines = {name: self._engine_for(ref) for name, ref in self.models.items()}
+        if evaluation.engine.backend != "openai":
+            check_hub_models({f"evaluation.models.{name}": ref for name, ref in self.models.items()})
         tasks = [benchmark.task for benchmark in evaluation.benchmarks]
         repeated = sorted(task for task, count in Counter(tasks).items() if count > 1)
         if repeated:
@@ -182,59 +195,38 @@ class EvaluationStage:
             self.benchmarks = [(get_task(b.task), b) for b in evaluation.benchmarks]
         except ValueError as err:
             raise ConfigError(f"evaluation.benchmarks: {err}") from None
-        self.out = f"{config.output_dir.rstrip('/')}/{report.EVALUATION_DIR}"
-        self.fs, self.fs_out = fsspec.core.url_to_fs(self.out)
-
-    # -- files
-
-    def _path(self, *parts: str) -> str:
-        return posixpath.join(self.fs_out, *parts)
-
-    def _read_json(self, path: str) -> dict[str, Any] | None:
-        if not self.fs.exists(path):
-            return None
-        with self.fs.open(path) as file:
-            return json.load(file)
-
-    def _write_json(self, path: str, value: dict[str, Any]) -> None:
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        with self.fs.open(path, "w") as file:
-            json.dump(value, file, indent=2)
-
-    def _remove(self, path: str) -> None:
-        if self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
+        self.dir = RunDir(config.output_dir).evaluation()
 
     # -- benchmark tables
 
     def prepare_table(self, spec: TaskSpec, benchmark: BenchmarkConfig) -> dict[str, Any]:
         """The task's normalized benchmark table, written unless a table of the same source is already there."""
         fingerprint = _digest({"version": TABLE_VERSION, **source_fingerprint(spec, benchmark)})
-        marker = self._path(BENCHMARKS_DIR, f"{spec.name}.json")
-        table = self._read_json(marker)
+        marker = self.dir.benchmark_marker(spec.name)
+        table = self.dir.read_json(marker)
         if table and table["fingerprint"] == fingerprint:
             return table
-        folder = self._path(BENCHMARKS_DIR, spec.name)
-        self._remove(folder)
+        folder = self.dir.benchmark_table(spec.name)
+        self.dir.remove(folder)
         started = time.monotonic()
-        counts = write_table(benchmark_rows(spec, benchmark), folder, self.fs)
+        counts = write_table(benchmark_rows(spec, benchmark), self.dir.path(folder), self.dir.fs)
         source = benchmark.path or f"hub:{spec.hub_id}/{spec.hub_config}"
         if not counts["rows"]:
             raise ConfigError(f"evaluation.benchmarks: {spec.name}: no records in {source}")
         table = {"fingerprint": fingerprint, "source": source, **counts,
                  "seconds": round(time.monotonic() - started, 2)}
-        self._write_json(marker, table)
+        self.dir.write_json(table, marker)
         return table
 
     # -- predictions
 
     def pair_fingerprint(self, model_ref: str, spec: TaskSpec, table: dict[str, Any]) -> str:
         engine = self.config.evaluation.engine
-        # A local model's files count too: `adapted` keeps its path when training runs again.
+        # A local or object-store model's files count too: `adapted` keeps its place when training runs again.
         return _digest({
             "version": PREDICTION_VERSION,
             "model": model_ref,
-            "weights": files_signature(model_ref) if is_local_path(model_ref) else None,
+            "weights": files_signature(model_ref) if is_local_path(model_ref) or is_url(model_ref) else None,
             "table": table["fingerprint"],
             "max_tokens": max_tokens(spec, engine),
             "engine": engine.model_dump(mode="json", exclude=RESOURCE_FIELDS | {"model", "max_tokens"}),
@@ -248,58 +240,101 @@ class EvaluationStage:
         except ValueError as err:
             raise ConfigError(f"evaluation: model {model_ref!r}: {err}") from None
 
-    def _count_predictions(self, folder: str) -> tuple[int, dict[str, int]]:
-        errors = pads.dataset(folder, filesystem=self.fs, format="parquet").to_table(columns=["error"])
-        reasons = Counter(error_reason(error) for error in errors.column("error").to_pylist() if error)
-        return errors.num_rows, dict(reasons)
+    def _read_errors(self, folder: str) -> list[str | None]:
+        table = pads.dataset(self.dir.path(folder), filesystem=self.dir.fs, format="parquet").to_table(
+            columns=["error"])
+        return table.column("error").to_pylist()
+
+    def _fail_if_every_request_failed(self, model: str, spec: TaskSpec, errors: list[str | None]) -> None:
+        """A pair whose every request failed (a wrong prompt format, a broken model) would be scored as all wrong
+        answers and reported as plausible zeros: fail the stage with the first error instead, and drop the pair's
+        predictions so that a rerun asks again."""
+        requested = [error for error in errors if error is None or error_reason(error) == GENERATION_FAILED]
+        if not requested or any(error is None for error in requested):
+            return
+        self.dir.remove(self.dir.predictions(model, spec.name))
+        self.dir.write_json({"status": "failed", "first_error": requested[0]}, self.dir.state(model, spec.name))
+        raise EveryRequestFailed(f"evaluation: {model} on {spec.name}: all {len(requested)} requests failed; the "
+                                 f"first: {requested[0]}")
 
     def completed(self, model: str, spec: TaskSpec, table: dict[str, Any]) -> dict[str, Any] | None:
         """The state of a pair already predicted with this config, else None."""
-        state = self._read_json(report.state_path(self.fs_out, model, spec.name))
+        state = self.dir.read_json(self.dir.state(model, spec.name))
         fingerprint = self.pair_fingerprint(self.models[model], spec, table)
         if state and state["fingerprint"] == fingerprint and state["status"] == "complete":
             return {**state, "skipped": True}
         return None
 
-    def predict(self, model: str, spec: TaskSpec, table: dict[str, Any]) -> dict[str, Any]:
-        """Predict (or finish predicting) one model on one task; returns the pair's state."""
+    def predict(self, model: str, specs: list[TaskSpec], tables: dict[str, dict[str, Any]]) -> dict[str, dict]:
+        """Predict (or finish predicting) one model on its pending tasks in one Ray Data job; returns each pair's
+        state by task."""
         model_ref = self.models[model]
-        fingerprint = self.pair_fingerprint(model_ref, spec, table)
-        state_file = report.state_path(self.fs_out, model, spec.name)
-        predictions = report.predictions_path(self.fs_out, model, spec.name)
-        checkpoint = self._path(CHECKPOINT_DIR, model, spec.name)
-        state = self._read_json(state_file)
-        if not state or state["fingerprint"] != fingerprint:  # a fresh pair, or one made differently: start over
-            self._remove(predictions)
-            self._remove(checkpoint)
-            self._write_json(state_file, {"fingerprint": fingerprint, "status": "running", "model": model_ref})
+        fingerprints = {spec.name: self.pair_fingerprint(model_ref, spec, tables[spec.name]) for spec in specs}
+        checkpoint = self.dir.checkpoint(model, _digest(fingerprints))
+        if not self.dir.exists(checkpoint):  # a new set of pending pairs: none of its rows is done
+            self.dir.remove(self.dir.checkpoints(model))
+            for spec in specs:
+                self.dir.remove(self.dir.predictions(model, spec.name))
+                self.dir.write_json({"fingerprint": fingerprints[spec.name], "status": "running", "model": model_ref},
+                                    self.dir.state(model, spec.name))
         engine = self.engines[model]
         started = time.monotonic()
         context = ray.data.DataContext.get_current()
+        checkpoint_path, checkpoint_fs = arrow_location(self.dir.url(checkpoint))
         context.checkpoint_config = CheckpointConfig(
-            id_column="example_id",
-            checkpoint_path=self.fs.unstrip_protocol(checkpoint),
-            delete_checkpoint_on_success=False,  # a run killed before its state file is written must not redo rows
+            id_column="row_id", checkpoint_path=checkpoint_path, override_filesystem=checkpoint_fs,
+            delete_checkpoint_on_success=False,  # a run killed before its state files are written must not redo rows
         )
+        tables_fs = None
+        table_paths = []
+        for spec in specs:
+            path, tables_fs = arrow_location(self.dir.url(self.dir.benchmark_table(spec.name)))
+            table_paths.append(path)
+        predictions_path, predictions_fs = arrow_location(self.dir.url(self.dir.model_predictions(model)))
         try:
             # One block per actor batch (Ray reads small files into one block): every actor of the pool gets work
             # even on a small benchmark, and each finished batch is committed to the checkpoint.
-            (ray.data.read_parquet(self.fs.unstrip_protocol(self._path(BENCHMARKS_DIR, spec.name)))
+            (ray.data.read_parquet(table_paths, filesystem=tables_fs)
              .repartition(target_num_rows_per_block=engine.batch_size)
-             .map_batches(Predict, fn_constructor_kwargs={"engine": engine, "task": spec.name, "model": model},
+             .map_batches(Predict, fn_constructor_kwargs={"engine": engine, "tasks": [spec.name for spec in specs],
+                                                          "model": model},
                           batch_size=engine.batch_size, batch_format="pyarrow", **engine_actor_options(engine))
-             .write_parquet(self.fs.unstrip_protocol(predictions)))
+             .write_parquet(predictions_path, filesystem=predictions_fs, partition_cols=["task"]))
         finally:
             context.checkpoint_config = None
         seconds = time.monotonic() - started
-        rows, errors = self._count_predictions(predictions)
+        self.dir.refresh()
+        states, failures = {}, []
+        for spec in specs:
+            try:
+                states[spec.name] = self._finish_pair(model, spec, tables[spec.name], fingerprints[spec.name],
+                                                      checkpoint)
+            except EveryRequestFailed as failure:
+                failures.append(failure)
+        rows = sum(state["rows"] for state in states.values())
+        for state in states.values():  # the job's time, shared by its pairs
+            state.update(seconds=round(seconds, 2), rows_per_s=round(rows / max(seconds, 1e-9), 3))
+            self.dir.write_json({k: v for k, v in state.items() if k != "skipped"}, self.dir.state(model, state["task"]))
+        if failures:  # the others are complete; a rerun predicts the failed pairs again, from a fresh checkpoint
+            self.dir.remove(self.dir.checkpoints(model))
+            raise failures[0]
+        return states
+
+    def _finish_pair(self, model: str, spec: TaskSpec, table: dict[str, Any], fingerprint: str,
+                     checkpoint: str) -> dict[str, Any]:
+        """Check one pair's predictions and describe them; fails the stage when every request failed."""
+        predictions = self.dir.predictions(model, spec.name)
+        errors = self._read_errors(predictions) if self.dir.exists(predictions) else []
+        rows = len(errors)
         if rows != table["rows"]:
             raise RuntimeError(f"{model} on {spec.name}: {rows} prediction rows for {table['rows']} benchmark rows "
-                               f"in {predictions}; delete that folder and its state file to predict it again")
-        state = {"fingerprint": fingerprint, "status": "complete", "model": model_ref, "rows": rows,
-                 "errors": errors, "seconds": round(seconds, 2), "rows_per_s": round(rows / max(seconds, 1e-9), 3)}
-        self._write_json(state_file, state)
-        return {**state, "skipped": False}
+                               f"in {self.dir.url(predictions)}; delete that folder and {self.dir.url(checkpoint)} "
+                               "to predict it again")
+        self._fail_if_every_request_failed(model, spec, errors)
+        reasons = dict(Counter(error_reason(error) for error in errors if error))
+        return {"task": spec.name, "fingerprint": fingerprint, "status": "complete", "model": self.models[model],
+                "rows": rows, "errors": reasons,
+                "failed_requests_pct": _percent(reasons.get(GENERATION_FAILED, 0), rows), "skipped": False}
 
     # -- the whole stage
 
@@ -307,22 +342,25 @@ class EvaluationStage:
         tables = {spec.name: self.prepare_table(spec, benchmark) for spec, benchmark in self.benchmarks}
         pairs = [(model, spec) for model in report.ordered_models(self.models) for spec, _ in self.benchmarks]
         states = {(model, spec.name): self.completed(model, spec, tables[spec.name]) for model, spec in pairs}
-        pending = [(model, spec) for model, spec in pairs if states[model, spec.name] is None]
+        pending: dict[str, list[TaskSpec]] = {}
+        for model, spec in pairs:
+            if states[model, spec.name] is None:
+                pending.setdefault(model, []).append(spec)
         if pending:  # a finished evaluation is re-reported without starting Ray
             with ray_session(self.config.cluster):
-                for model, spec in pending:
-                    states[model, spec.name] = self.predict(model, spec, tables[spec.name])
+                for model, specs in pending.items():
+                    for task, state in self.predict(model, specs, tables).items():
+                        states[model, task] = state
         for model, spec in pairs:
             print(self.summary(model, spec, states[model, spec.name]), file=sys.stderr)
-        results = report.write_report(self.out, report.collect_results(
-            self.fs_out, [(model, spec.name) for model, spec in pairs], self.fs))
+        results = report.write_report(self.dir, report.collect_results(
+            self.dir, [(model, spec.name) for model, spec in pairs]))
         predictions: dict[str, dict[str, Any]] = {}
         for (model, task), state in states.items():
             predictions.setdefault(model, {})[task] = state
-        self._write_json(self._path("manifest.json"), {"config_fingerprint": self.config.fingerprint(),
-                                                       "models": self.models, "benchmarks": tables,
-                                                       "predictions": predictions})
-        print(f"evaluation: report in {self.out}/report.md", file=sys.stderr)
+        self.dir.write_json({"config_fingerprint": self.config.fingerprint(), "models": self.models,
+                             "benchmarks": tables, "predictions": predictions}, MANIFEST)
+        print(f"evaluation: report in {self.dir.url('report.md')}", file=sys.stderr)
         return results
 
     @staticmethod
@@ -330,8 +368,9 @@ class EvaluationStage:
         errors = sum(state["errors"].values())
         if state["skipped"]:
             return f"evaluation: {model} on {spec.name}: already complete ({state['rows']} rows); skipping"
-        return (f"evaluation: {model} on {spec.name}: {state['rows']} rows in {state['seconds']:.1f} s "
-                f"({state['rows_per_s']:.2f} rows/s), {errors} without an answer")
+        return (f"evaluation: {model} on {spec.name}: {state['rows']} rows, {errors} without an answer "
+                f"({state['failed_requests_pct']:.1f}% of rows had a failed request); the model's job took "
+                f"{state['seconds']:.1f} s for all its tasks ({state['rows_per_s']:.2f} rows/s)")
 
 
 def run_evaluation(config: RunConfig, models: dict[str, str] | None = None) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import fsspec
 import pyarrow.dataset as pads
 
 IMAGE_SIGNATURES = {b"\x89PNG": "png", b"\xff\xd8\xff": "jpg", b"GIF8": "gif", b"RIFF": "webp", b"BM": "bmp"}
@@ -39,7 +40,9 @@ def export_llama_factory(instructions: str | Path, out_dir: str | Path, name: st
     count = 0
     with open(out_dir / f"{name}.json", "w", encoding="utf-8") as file:
         file.write("[")
-        for batch in pads.dataset(str(instructions), format="parquet").to_batches(columns=["id", "images", "messages"]):
+        fs, path = fsspec.core.url_to_fs(str(instructions))  # a run directory may be on object storage
+        for batch in pads.dataset(path, filesystem=fs, format="parquet").to_batches(
+                columns=["id", "images", "messages"]):
             for example in batch.to_pylist():
                 paths = []
                 for index, data in enumerate(example["images"]):

@@ -10,6 +10,7 @@ from typing import Any
 
 from engine.config import EngineConfig
 from engine.models.backends import GenerationRequest, create_backend
+from engine.models.loading import raw_prompt_begin
 from engine.synthesis.consistency import (
     JUDGE_MAX_TOKENS,
     Verdict,
@@ -36,13 +37,14 @@ def _record(row: dict[str, Any], judge: str, outcome: Verdict) -> None:
 class LLMJudge(RowStep):
     def __init__(self, engine: EngineConfig):
         self._engine = engine
+        self._begin = raw_prompt_begin(engine)
         self._backend = create_backend(engine)
 
     def process(self, rows: list[dict[str, Any]]) -> None:
         todo = [row for row in rows if has_task(row)]
         requests = [
             GenerationRequest(
-                prompt=consistency_prompt(_task(row)),
+                prompt=self._begin + consistency_prompt(_task(row)),
                 images=[],
                 max_tokens=min(self._engine.max_tokens, JUDGE_MAX_TOKENS),
                 temperature=self._engine.temperature,

@@ -28,9 +28,10 @@ from ray.data.checkpoint import CheckpointConfig
 from engine.config import ConfigError, EngineConfig, RunConfig
 from engine.io.images import ImageLimits
 from engine.io.ray_datasource import CaptionShardDatasource
+from engine.io.run_dir import CHECKPOINT, INSTRUCTIONS, ROWS, SYNTHESIS, TUNING, RunDir, arrow_location
 from engine.io.sources import dataset_root, list_shards
-from engine.io.stage_dir import TUNING_STAGE, StageDir, trained_model_dir
 from engine.io.validation import validate_row
+from engine.models.loading import check_hub_models
 from engine.runtime import engine_actor_options, ray_session
 from engine.synthesis import outputs
 from engine.synthesis.examples import BuildExamples
@@ -38,9 +39,7 @@ from engine.synthesis.judge import LexicalJudge, LLMJudge
 from engine.synthesis.rows import WORK_SCHEMA, RowStep
 from engine.synthesis.synthesizer import ModelSynthesizer, RuleBasedSynthesizer
 
-ROWS_DIR = "_rows"
-CHECKPOINT_DIR = "_checkpoint"
-PUBLISHED_SETS = {"instructions": outputs.to_examples, "tasks": outputs.to_tasks, "quarantine": outputs.to_quarantine}
+PUBLISHED_SETS = {INSTRUCTIONS: outputs.to_examples, "tasks": outputs.to_tasks, "quarantine": outputs.to_quarantine}
 # Engine fields that change how fast a run goes, not what it writes: a resumed run may change them.
 RESOURCE_FIELDS = {"concurrency", "num_cpus", "num_gpus", "batch_size", "cpu_threads_bind", "kv_cache_gib", "resources",
                    "enforce_eager", "gpu_memory_utilization"}
@@ -76,7 +75,10 @@ def build_dataset(config: RunConfig, shards: list[str], root: str) -> ray.data.D
     """The streaming plan, from shard files to finished working rows."""
     data, synthesis, filtering = config.data, config.synthesis, config.filter
     limits = ImageLimits(data.min_image_side, data.max_image_side, data.max_image_pixels)
-    ds = ray.data.read_datasource(CaptionShardDatasource(shards, data.format, root))
+    _, filesystem = arrow_location(data.path)
+    if filesystem is not None:  # the datasource then takes paths of that filesystem
+        shards = [fsspec.core.url_to_fs(shard)[1] for shard in shards]
+    ds = ray.data.read_datasource(CaptionShardDatasource(shards, data.format, root, filesystem=filesystem))
     ds = ds.map_batches(ValidateRows(root, limits, data.max_caption_chars), batch_format="pyarrow")
     if synthesis.synthesizer == "model":
         ds = _model_step(ds, ModelSynthesizer, synthesis.engine, prompt_format=synthesis.prompt_format)
@@ -105,9 +107,9 @@ def with_tuned_synthesizer(config: RunConfig) -> RunConfig:
     """The config whose synthesizer is the model `synthesizer_tuning` exported, when the run tunes one."""
     if config.synthesizer_tuning is None:
         return config
-    tuned = trained_model_dir(config.output_dir, TUNING_STAGE)
-    fs, path = fsspec.core.url_to_fs(tuned)
-    if not fs.exists(f"{path}/config.json"):
+    run = RunDir(config.output_dir)
+    tuned = run.trained_model(TUNING)
+    if not run.has_trained_model(TUNING):
         raise ConfigError(f"synthesizer_tuning: no tuned synthesizer in {tuned} (run `adapt tune-synthesizer` first)")
     engine = config.synthesis.engine.model_copy(update={"model": tuned})
     return config.model_copy(update={"synthesis": config.synthesis.model_copy(update={"engine": engine})})
@@ -119,18 +121,16 @@ class SynthesisStage:
     def __init__(self, config: RunConfig):
         self.fingerprint = synthesis_fingerprint(config)  # of the config as written: stable if the folder moves
         self.config = config = with_tuned_synthesizer(config.with_absolute_paths())
-        self.dir = StageDir(config.output_dir, "synthesis", self.fingerprint)
-        self.out, self.fs, self.fs_out = self.dir.url, self.dir.fs, self.dir.root
-
-    def _path(self, *parts: str) -> str:
-        return "/".join([self.out, *parts])
+        self.dir = RunDir(config.output_dir).stage(SYNTHESIS, self.fingerprint)
+        self.fs = self.dir.fs
 
     def run(self) -> dict[str, Any]:
         manifest = self.dir.completed_manifest()
         if manifest:
-            print(f"synthesis: already complete in {self.out} ({manifest['rows_in']} rows); skipping", file=sys.stderr)
+            print(f"synthesis: already complete in {self.dir.url()} ({manifest['rows_in']} rows); skipping", file=sys.stderr)
             return manifest
         self.dir.claim()
+        check_hub_models(self._hub_models())
         root = dataset_root(self.config.data.path)
         try:
             shards = list_shards(self.config.data.path, self.config.data.format)
@@ -140,14 +140,18 @@ class SynthesisStage:
             done_before = self._committed_rows()
             started = time.monotonic()
             context = ray.data.DataContext.get_current()
+            checkpoint_path, checkpoint_fs = arrow_location(self.dir.url(CHECKPOINT))
             context.checkpoint_config = CheckpointConfig(
-                id_column="row_key", checkpoint_path=self._path(CHECKPOINT_DIR), delete_checkpoint_on_success=False
+                id_column="row_key", checkpoint_path=checkpoint_path, override_filesystem=checkpoint_fs,
+                delete_checkpoint_on_success=False,
             )
+            rows_path, rows_fs = arrow_location(self.dir.url(ROWS))
             try:
-                build_dataset(self.config, shards, root).write_parquet(self._path(ROWS_DIR))
+                build_dataset(self.config, shards, root).write_parquet(rows_path, filesystem=rows_fs)
             finally:
                 context.checkpoint_config = None
             streamed = time.monotonic()
+            self.dir.refresh()
             manifest = self.finalize(shards)
         manifest["rows_processed_this_run"] = manifest["rows_in"] - done_before  # the rest came from a killed run
         manifest["timings_s"] = {"stream": round(streamed - started, 2),
@@ -156,30 +160,39 @@ class SynthesisStage:
         print(self.summary(manifest), file=sys.stderr)
         return manifest
 
+    def _hub_models(self) -> dict[str, str]:
+        """The models this run's actors load themselves (not through an HTTP server), by config field."""
+        config, models = self.config, {}
+        if config.synthesis.synthesizer == "model" and config.synthesis.engine.backend != "openai":
+            models["synthesis.engine.model"] = config.synthesis.engine.model
+        if config.filter.enabled and config.filter.judge == "llm" and config.filter.engine.backend != "openai":
+            models["filter.engine.model"] = config.filter.engine.model
+        return models
+
     def _committed_rows(self) -> int:
         """Rows a killed earlier run finished (Ray Data's committed checkpoint files; pending ones are rolled back)."""
-        files = [path for path in self.fs.glob(f"{self.fs_out}/{CHECKPOINT_DIR}/*.parquet")
+        files = [path for path in self.fs.glob(self.dir.path(CHECKPOINT, "*.parquet"))
                  if not path.endswith(".pending.parquet")]
         return sum(pq.read_metadata(path, filesystem=self.fs).num_rows for path in files)
 
     def finalize(self, shards: list[str]) -> dict[str, Any]:
-        rows_dir = f"{self.fs_out}/{ROWS_DIR}"
+        rows_dir = self.dir.path(ROWS)
         columns = pads.dataset(rows_dir, filesystem=self.fs, format="parquet").to_table(
             columns=outputs.ACCOUNTING_COLUMNS
         )
         duplicates = outputs.duplicate_row_keys(columns)
         for name in PUBLISHED_SETS:
-            if self.fs.exists(f"{self.fs_out}/{name}"):
-                self.fs.rm(f"{self.fs_out}/{name}", recursive=True)
-            self.fs.makedirs(f"{self.fs_out}/{name}", exist_ok=True)
+            self.dir.remove(name)
+            self.fs.makedirs(self.dir.path(name), exist_ok=True)
         # One Ray task per rows file (Ray Data wrote one per block): three projections from one read, in parallel.
         rows_files = sorted(self.fs.glob(f"{rows_dir}/*.parquet"))
         duplicates_ref = ray.put(duplicates)
-        ray.get([_publish.remote(path, self.fs_out, self.fs, duplicates_ref) for path in rows_files])
+        ray.get([_publish.remote(path, self.dir.root, self.fs, duplicates_ref) for path in rows_files])
+        self.dir.refresh()
         for name, project in PUBLISHED_SETS.items():
-            if not self.fs.glob(f"{self.fs_out}/{name}/*.parquet"):  # keep every set loadable, even when empty
+            if not self.fs.glob(self.dir.path(name, "*.parquet")):  # keep every set loadable, even when empty
                 empty = project(pa.Table.from_pylist([], schema=WORK_SCHEMA))
-                pq.write_table(empty, f"{self.fs_out}/{name}/empty.parquet", filesystem=self.fs)
+                pq.write_table(empty, self.dir.path(name, "empty.parquet"), filesystem=self.fs)
         config = self.config
         return {
             "status": "complete",

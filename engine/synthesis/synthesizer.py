@@ -14,6 +14,7 @@ from PIL import Image
 
 from engine.config import EngineConfig
 from engine.models.backends import GenerationRequest, create_backend
+from engine.models.loading import engine_chat_format
 from engine.synthesis.parsing import ParseResult, parse_synthesizer_output
 from engine.synthesis.prompts import PROMPT_VERSION, synthesizer_prompt, synthesizer_stop
 from engine.synthesis.rows import RowStep, is_usable, row_seed
@@ -34,10 +35,11 @@ def _record_parse(row: dict[str, Any], result: ParseResult) -> None:
 
 class ModelSynthesizer(RowStep):
     def __init__(self, engine: EngineConfig, prompt_format: str):
-        self._family = ADAMLLM_FAMILY if prompt_format == "adamllm" else engine.family
+        family = ADAMLLM_FAMILY if prompt_format == "adamllm" else engine.family
+        self._family = engine_chat_format(engine, family).family
         self._engine = engine
         self._backend = create_backend(engine)
-        self._prompt_version = PROMPT_VERSION if prompt_format == "adamllm" else f"{PROMPT_VERSION}+{self._family}"
+        self._prompt_version = PROMPT_VERSION if prompt_format == "adamllm" else f"{PROMPT_VERSION}+{family}"
 
     def _request(self, row: dict[str, Any]) -> GenerationRequest:
         return GenerationRequest(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 from engine.models.families import IMAGE_PLACEHOLDER, ModelFamily, get_family, render
+from engine.models.loading import chat_format, tokenizer_of
 
 IGNORE_INDEX = -100
 # Per-token tensors (shape [1, length, ...]): truncation cuts them and batching pads their second dimension.
@@ -157,14 +158,10 @@ class Collator:
                  max_length: int):
         self.processor = processor
         self.max_length = max_length
-        self.tokenizer = processor if isinstance(processor, PreTrainedTokenizerBase) else processor.tokenizer
+        self.tokenizer = tokenizer_of(processor)
+        # The format as this checkpoint needs it: the image token its processor expands, its tokenizer's BOS.
+        self.family = chat_format(family, processor).family
         image_token = getattr(processor, "image_token", None)
-        self.family = get_family(family)
-        if image_token and image_token not in self.family.image_token:
-            # The checkpoint's processor expands another image token than the family's format writes (llava-hf's
-            # LLaVA-NeXT processor expands "<image>"; the llava-llama3 format writes the released synthesizer's
-            # <|reserved_special_token_4|>): keep the format, write the token this processor expands.
-            self.family = replace(self.family, image_token=image_token)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(image_token) if image_token else None
         self.pad_token_id = self.tokenizer.pad_token_id
         if self.pad_token_id is None:  # Llama-3 tokenizers have none; padding is masked, so any id does
@@ -189,8 +186,11 @@ class Collator:
             self.counts[DROPPED_UNREADABLE_IMAGE] += 1
             return None
         rendered = render_with_spans(self.family, messages, conversation.get("loss_from"))
-        plain = self.tokenizer(rendered.text, return_offsets_mapping=True)
-        inputs = self.processor(text=[rendered.text], images=[images] if images else None, return_tensors="pt")
+        # The rendered text carries every special token, the BOS included (chat_format): nothing is added, as at
+        # inference.
+        plain = self.tokenizer(rendered.text, return_offsets_mapping=True, add_special_tokens=False)
+        inputs = self.processor(text=[rendered.text], images=[images] if images else None, add_special_tokens=False,
+                                return_tensors="pt")
         example = {key: value for key, value in inputs.items() if isinstance(value, torch.Tensor)}
         labels = expand_labels(plain["input_ids"], labelled_tokens(plain["offset_mapping"], rendered.spans),
                                example["input_ids"][0].tolist(), self.image_token_id)

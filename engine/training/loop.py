@@ -60,15 +60,13 @@ from ray.data import FileShuffleConfig
 from ray.train.torch import TorchTrainer
 
 from engine.config import ConfigError, RunConfig, TrainingConfig, is_url
-from engine.io.stage_dir import MODEL_DIR, TRAINING_STAGE, TUNING_STAGE, StageDir
-from engine.models.loading import load_model, load_processor
+from engine.io.run_dir import CHECKPOINTS, METRICS, MODEL, TRAINING, TUNING, RunDir, arrow_location
+from engine.models.loading import check_hub_models, load_model, load_processor
 from engine.runtime import ray_session
 from engine.training import mixture
 from engine.training.collate import DROP_REASONS, TRUNCATED, Collator
 from engine.training.export import gather_weights, save_model_folder
 
-CHECKPOINTS_DIR = "checkpoints"
-METRICS_FILE = "metrics.csv"
 DEEPSPEED_TAG = "deepspeed"
 # Rows a worker shuffles locally before batching: mixes neighbouring examples without a global shuffle's cost.
 SHUFFLE_BUFFER_ROWS = 256
@@ -83,6 +81,7 @@ METRIC_COLUMNS = ("step", "phase", "epoch", "loss", "lr", "vision_lr", "grad_nor
 VISION_ENCODER = {
     "qwen2-vl": re.compile(r"(^|\.)visual\.(?!merger\.)"),
     "llava-llama3": re.compile(r"(^|\.)vision_tower\."),
+    "llava-hf-llama3": re.compile(r"(^|\.)vision_tower\."),
     "mllama": re.compile(r"(^|\.)vision_model\."),
 }
 
@@ -195,8 +194,9 @@ def deepspeed_config(training: TrainingConfig, num_workers: int) -> dict[str, An
                 "betas": [0.9, 0.999],
                 "eps": 1e-8,
                 "weight_decay": training.weight_decay,
-                # On CPU workers: torch's AdamW instead of DeepSpeed's fused Adam, which would JIT-compile a kernel.
-                "torch_adam": not training.use_gpu,
+                # torch's AdamW unless asked otherwise: DeepSpeed's FusedAdam JIT-compiles a CUDA kernel when the
+                # first worker starts, which needs a CUDA toolkit matching torch's in the image (and fails on CPU).
+                "torch_adam": not (training.use_gpu and training.fused_adam),
             },
         },
     )
@@ -283,14 +283,15 @@ class Recipe:
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         torch.manual_seed(self.training.seed)
-        self.processor = load_processor(self.training.model, trust_remote_code=self.training.trust_remote_code)
+        self.processor = load_processor(self.training.model, trust_remote_code=self.training.trust_remote_code,
+                                        **self.training.processor_kwargs())
         self.collator = Collator(self.processor, self.training.family, self.training.max_length)
         self.engine, self.parts = self._build_engine()
         self.device = self.engine.device
         self.dtype = torch.bfloat16 if self.training.precision == "bf16" else torch.float32
         self.position = self._restore()
         self.checkpointed_step = self.position.step
-        self.log = MetricsLog(f"{self.out}/{METRICS_FILE}", self.position.step) if self.rank == 0 else None
+        self.log = MetricsLog(f"{self.out}/{METRICS}", self.position.step) if self.rank == 0 else None
         self.started = time.perf_counter()
         self.interval = Interval(self.started)
 
@@ -481,8 +482,8 @@ class Recipe:
     def _export(self) -> None:
         weights = gather_weights(self.engine, self.rank)
         if self.rank == 0:
-            save_model_folder(self.engine.module, weights, self.processor, f"{self.out}/{MODEL_DIR}")
-            self._say(f"exported the model to {self.out}/{MODEL_DIR}")
+            save_model_folder(self.engine.module, weights, self.processor, f"{self.out}/{MODEL}")
+            self._say(f"exported the model to {self.out}/{MODEL}")
 
     def _say(self, message: str) -> None:
         # Not print(): Ray Train patches it to log and also echo to the worker's stdout, so every line came out twice.
@@ -496,17 +497,6 @@ def train_loop_per_worker(args: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the two recipes' data
-
-
-def arrow_location(url: str) -> tuple[str, Any]:
-    """A path or fsspec URL as Ray takes it: (path, pyarrow filesystem), the filesystem None for local paths. Going
-    through fsspec accepts every URL the other stages accept, not only the schemes pyarrow knows."""
-    if not is_url(url):
-        return url, None
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    fs, path = fsspec.core.url_to_fs(url)
-    return path, PyFileSystem(FSSpecHandler(fs))
 
 
 def read_parquet(url: str, columns: list[str], seed: int) -> ray.data.Dataset:
@@ -585,21 +575,22 @@ class TrainingStage:
     """One training run in `{output_dir}/{stage}`: train (or resume), export, write manifest.json. The run's
     `training` section says what to train; `run_synthesizer_tuning` hands it the `synthesizer_tuning` section."""
 
-    def __init__(self, config: RunConfig, stage: str = TRAINING_STAGE):
+    def __init__(self, config: RunConfig, stage: str = TRAINING):
         if config.training is None:
             raise ConfigError("training: the config has no training section")
         self.fingerprint = training_fingerprint(config)  # of the config as written: stable if the folder moves
         self.config = config = config.with_absolute_paths()
         self.training = config.training
-        self.dir = StageDir(config.output_dir, stage, self.fingerprint)
-        self.out = self.dir.url
+        self.run_dir = RunDir(config.output_dir)
+        self.dir = self.run_dir.stage(stage, self.fingerprint)
+        self.out = self.dir.url()
 
     def dataset(self) -> str:
         """The training data's location; by default the run's instruction set (post-training only)."""
         training = self.training
         if training.dataset is None and training.task == "synthesizer":
             raise ConfigError("training.dataset: synthesizer tuning needs a seed-task Parquet set (SEED_TASK_SCHEMA)")
-        dataset = training.dataset or f"{self.config.output_dir.rstrip('/')}/synthesis/instructions"
+        dataset = training.dataset or self.run_dir.instructions
         fs, path = fsspec.core.url_to_fs(dataset)
         if not fs.exists(path):
             hint = "" if training.dataset else " (run `adapt synthesize` first, or set training.dataset)"
@@ -612,6 +603,7 @@ class TrainingStage:
             print(f"training: already complete in {self.out} ({manifest['steps']} steps); skipping", file=sys.stderr)
             return manifest
         dataset = self.dataset()
+        check_hub_models({f"{self.dir.stage}.model": self.training.model})
         self.dir.claim()
         training = self.training
         with ray_session(self.config.cluster):
@@ -624,6 +616,7 @@ class TrainingStage:
                 file=sys.stderr)
             self._trainer(datasets, plan).fit()
             seconds = time.monotonic() - started
+        self.dir.refresh()
         manifest = self._manifest(dataset, plan, seconds)
         self.dir.write_manifest(manifest)
         print(f"training: {manifest['steps']} steps in {seconds:.1f} s, final loss {manifest['final_loss']}; "
@@ -646,7 +639,7 @@ class TrainingStage:
                 resources_per_worker={"CPU": training.cpus_per_worker, **training.worker_resources},
             ),
             run_config=ray.train.RunConfig(
-                name=CHECKPOINTS_DIR,
+                name=CHECKPOINTS,
                 storage_path=storage_path,
                 storage_filesystem=storage_filesystem,
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
@@ -656,7 +649,7 @@ class TrainingStage:
         )
 
     def _manifest(self, dataset: str, plan: Plan, seconds: float) -> dict[str, Any]:
-        rows = read_metrics(f"{self.out}/{METRICS_FILE}")
+        rows = read_metrics(f"{self.out}/{METRICS}")
         return {
             "status": "complete",
             "fingerprint": self.fingerprint,
@@ -665,8 +658,8 @@ class TrainingStage:
             "mixture": self.training.mixture if self.training.task == "target" else None,
             "base_model": self.training.model,
             "dataset": dataset,
-            "model": f"{self.out}/{MODEL_DIR}",
-            "metrics": f"{self.out}/{METRICS_FILE}",
+            "model": f"{self.out}/{MODEL}",
+            "metrics": f"{self.out}/{METRICS}",
             "phases": [dataclasses.asdict(phase) for phase in plan.phases],
             "planned_steps": plan.total_steps,
             "steps": int(rows[-1]["step"]) if rows else 0,
@@ -687,4 +680,4 @@ def run_synthesizer_tuning(config: RunConfig) -> dict[str, Any]:
     """`adapt tune-synthesizer`: the `synthesizer_tuning` section trained like `training`, into its own folder."""
     if config.synthesizer_tuning is None:
         raise ConfigError("synthesizer_tuning: the config has no synthesizer_tuning section")
-    return TrainingStage(config.model_copy(update={"training": config.synthesizer_tuning}), TUNING_STAGE).run()
+    return TrainingStage(config.model_copy(update={"training": config.synthesizer_tuning}), TUNING).run()

@@ -15,6 +15,7 @@ from engine.evaluation.report import (
     render_markdown,
     write_report,
 )
+from engine.io.run_dir import EvaluationDir
 from engine.records import PREDICTION_SCHEMA
 
 # (prediction, label, answer_type) of a four-question VQA benchmark
@@ -26,7 +27,7 @@ ADAPTED = [("lung", "lung", "OPEN"), ("left lung", "left lung", "OPEN"), ("yes",
 
 def write_predictions(run, model: str, task: str, answers, status: str = "complete", files: int = 2) -> None:
     """Prediction files as the runner writes them (rows split over files, not in index order) and a state file."""
-    folder = run / "evaluation" / "predictions" / model / task
+    folder = run / "evaluation" / "predictions" / model / f"task={task}"
     folder.mkdir(parents=True)
     rows = [{"task": task, "example_id": f"q{i}", "model": model, "prompt": "p", "prediction": prediction,
              "label": label, "answer_type": answer_type, "scores": None, "example_index": i, "options": None,
@@ -49,17 +50,17 @@ def run(tmp_path):
 
 
 def test_scores_come_from_the_prediction_files(run):
-    results = collect_results(str(run / "evaluation"), [("base", "demo_vqa"), ("adapted", "demo_vqa")])
+    results = collect_results(EvaluationDir(str(run)), [("base", "demo_vqa"), ("adapted", "demo_vqa")])
     assert results["base"]["demo_vqa"] == {"n": 4, "open_recall": 50.0, "closed_accuracy": 50.0, "n_open": 2,
                                            "n_closed": 2}
     assert results["adapted"]["demo_vqa"] == {"n": 4, "open_recall": 100.0, "closed_accuracy": 50.0, "n_open": 2,
-                                              "n_closed": 2, "errors": 1}
+                                              "n_closed": 2, "errors": 1, "error_pct": 25.0}
 
 
 def test_report_files(run):
     eval_dir = run / "evaluation"
-    results = write_report(str(eval_dir), collect_results(str(eval_dir), [("adapted", "demo_vqa"),
-                                                                          ("base", "demo_vqa")]))
+    evaluation = EvaluationDir(str(run))
+    results = write_report(evaluation, collect_results(evaluation, [("adapted", "demo_vqa"), ("base", "demo_vqa")]))
     assert list(json.loads((eval_dir / "report.json").read_text())) == ["base", "adapted"]
     assert json.loads((eval_dir / "report.json").read_text()) == results
     markdown = (eval_dir / "report.md").read_text()

@@ -134,7 +134,7 @@ def test_two_models_on_the_demo_benchmark(ray_cluster, demo_benchmark, tiny_mode
     assert (evaluation / "report.png").read_bytes()[:4] == b"\x89PNG"
 
     for model in ("base", "adapted"):
-        predictions = evaluation / "predictions" / model / "demo_vqa"
+        predictions = evaluation / "predictions" / model / "task=demo_vqa"
         rows = pq.read_table(predictions).to_pylist()
         assert sorted(row["example_index"] for row in rows) == list(range(BENCHMARK_ROWS))
         assert all(row["prediction"] is not None and row["error"] is None for row in rows)
@@ -150,8 +150,9 @@ def test_two_models_on_the_demo_benchmark(ray_cluster, demo_benchmark, tiny_mode
 
 
 def committed_checkpoints(run: Path) -> list[Path]:
-    folder = run / "evaluation" / "_checkpoint" / "base" / "demo_vqa"
-    return [p for p in folder.glob("*.parquet") if not p.name.endswith(".pending.parquet")] if folder.exists() else []
+    """Ray Data's committed checkpoint files of the base model's prediction job."""
+    folder = run / "evaluation" / "_checkpoint" / "base"
+    return [p for p in folder.glob("*/*.parquet") if not p.name.endswith(".pending.parquet")]
 
 
 @pytest.mark.slow
@@ -183,9 +184,25 @@ def test_killed_evaluation_resumes(ray_cluster, demo_benchmark, tiny_model_dir, 
 
     second = subprocess.run(command, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
-    ids = pq.read_table(run / "evaluation" / "predictions" / "base" / "demo_vqa").column("example_id").to_pylist()
+    ids = pq.read_table(run / "evaluation" / "predictions" / "base" / "task=demo_vqa").column("example_id").to_pylist()
     assert len(ids) == len(set(ids)) == RESUME_ROWS
     assert set(committed) <= set(committed_checkpoints(run))  # the batches done before the kill were not redone
     report = json.loads((run / "evaluation" / "report.json").read_text())
     assert report["base"]["demo_vqa"]["n"] == RESUME_ROWS
 
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_pair_whose_every_request_fails_fails_the_stage(ray_cluster, demo_benchmark, tiny_model_dir, tmp_path):
+    run = tmp_path / "run"
+    # Every prompt (an image of 16 tokens and the question) is longer than this context: vLLM refuses each request.
+    config = demo_config(demo_benchmark, tiny_model_dir, run, limit=4)
+    config.evaluation.engine.max_model_len = 16
+    with pytest.raises(RuntimeError, match="base on demo_vqa: all 4 requests failed; the first: generation_failed: "):
+        run_evaluation(config)
+    evaluation = run / "evaluation"
+    assert not (evaluation / "report.json").exists()  # no report of zeros
+    state = json.loads((evaluation / "_state" / "base" / "demo_vqa.json").read_text())
+    assert state["status"] == "failed" and state["first_error"].startswith("generation_failed: ")
+    assert not (evaluation / "predictions" / "base" / "task=demo_vqa").exists()  # a rerun asks again

@@ -13,6 +13,9 @@ from engine.config import BenchmarkConfig, EngineConfig
 from engine.evaluation import runner
 from engine.evaluation.benchmarks import benchmark_rows, write_table
 from engine.evaluation.report import collect_results, read_prediction_rows
+from engine.io.run_dir import EvaluationDir
+from engine.models.families import get_family
+from engine.models.loading import ChatFormat
 from engine.evaluation.score_file import score_file
 from engine.evaluation.scoring import score_example, score_predictions
 from engine.evaluation.tasks import get_task
@@ -113,10 +116,12 @@ def test_runner_predictions_round_trip_through_score_file(tmp_path, monkeypatch)
                 str(table_dir), fsspec.filesystem("file"))
 
     monkeypatch.setattr(runner, "create_backend", lambda engine: ScriptedBackend(questions))
+    # No checkpoint behind "org/model": the family's format as written.
+    monkeypatch.setattr(runner, "engine_chat_format", lambda engine: ChatFormat(get_family(engine.family), ()))
     engine = EngineConfig(model="org/model", family="qwen2-vl", backend="transformers", device="cpu")
-    predict = runner.Predict(engine, "pmc_vqa", "base")
+    predict = runner.Predict(engine, ["pmc_vqa"], "base")
     table = pq.read_table(table_dir)
-    predictions = tmp_path / "evaluation" / "predictions" / "base" / "pmc_vqa"
+    predictions = tmp_path / "evaluation" / "predictions" / "base" / "task=pmc_vqa"
     predictions.mkdir(parents=True)
     # Two batches written as two files, the later batch first: file order must not matter.
     for position, batch in enumerate((table.slice(3), table.slice(0, 3))):
@@ -125,13 +130,13 @@ def test_runner_predictions_round_trip_through_score_file(tmp_path, monkeypatch)
     written = read_prediction_rows(str(predictions))
     assert [row["error"] and row["error"].split(":")[0] for row in written] == [
         None, None, None, "generation_failed", "not_an_image", None]
-    report = collect_results(str(tmp_path / "evaluation"), [("base", "pmc_vqa")])["base"]["pmc_vqa"]
+    report = collect_results(EvaluationDir(str(tmp_path)), [("base", "pmc_vqa")])["base"]["pmc_vqa"]
     assert score_file("pmc_vqa", str(predictions)) == report
     assert report["n"] == 6 and report["errors"] == 2
 
     exported = [{"prediction": row["prediction"], "label": row["label"], "options": json.loads(row["options"]),
                  "example_index": row["example_index"]} for row in written]
     rescored = score_file("pmc_vqa", write_jsonl(tmp_path / "exported.jsonl", exported))
-    assert rescored == {key: value for key, value in report.items() if key != "errors"}
+    assert rescored == {key: value for key, value in report.items() if key not in ("errors", "error_pct")}
     stored = [json.loads(row["scores"])["accuracy"] for row in pq.read_table(predictions).to_pylist()]
     assert sum(stored) / len(stored) == report["accuracy"]

@@ -139,7 +139,7 @@ def test_summary_counts_errors_and_unscorable_rows():
     ]
     summary = spec.summarize(rows)
     assert summary == {"n": 2, "open_recall": None, "closed_accuracy": 50.0, "n_open": 0, "n_closed": 2,
-                       "errors": 2, "unscorable": 1}
+                       "errors": 2, "error_pct": 66.67, "unscorable": 1}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

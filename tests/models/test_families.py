@@ -28,7 +28,7 @@ def test_llava_llama3_renders_llama3_headers_with_the_llava_system_prompt():
 def test_qwen2_vl_renders_chatml_with_vision_tokens_and_default_system():
     expected = (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>\nWhat organ is shown?<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What organ is shown?<|im_end|>\n"
         "<|im_start|>assistant\nThe liver.<|im_end|>\n"
         "<|im_start|>user\nIs it enlarged?<|im_end|>\n"
         "<|im_start|>assistant\n"
@@ -38,7 +38,7 @@ def test_qwen2_vl_renders_chatml_with_vision_tokens_and_default_system():
 
 def test_mllama_renders_image_token_and_no_default_system():
     expected = (
-        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|image|>\nWhat organ is shown?<|eot_id|>"
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|image|>What organ is shown?<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\nThe liver.<|eot_id|>"
         "<|start_header_id|>user<|end_header_id|>\n\nIs it enlarged?<|eot_id|>"
     )
@@ -50,7 +50,7 @@ def test_an_explicit_system_message_replaces_the_default(name):
     text = render(name, [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}])
     family = FAMILIES[name]
     assert text.count(family.header("system")) == 1
-    assert family.header("system") + "Be terse." + family.turn_end in text
+    assert family.header("system") + family.text_prefix + "Be terse." + family.turn_end in text
     assert family.default_system is None or family.default_system not in text
 
 
@@ -65,8 +65,8 @@ def test_open_user_turn_ends_with_an_open_user_header(name):
 def test_every_image_placeholder_becomes_the_family_image_token(name):
     family = FAMILIES[name]
     text = render(name, [{"role": "user", "content": "<image><image>\nCompare the two scans."}])
-    assert "<image>" not in text
     assert text.count(family.image_token) == 2
+    assert family.image_token == "<image>" or "<image>" not in text
 
 
 def test_no_flag_leaves_the_last_turn_closed():

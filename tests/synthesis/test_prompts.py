@@ -39,7 +39,7 @@ def test_llava_llama3_is_the_default_family():
 def test_qwen2_vl_synthesizer_gets_the_same_conversation_in_chatml():
     expected = (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>\nDescribe the image.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>\n"
         f"<|im_start|>assistant\n{CAPTION}<|im_end|>\n"
         "<|im_start|>user\n"
     )
@@ -48,7 +48,7 @@ def test_qwen2_vl_synthesizer_gets_the_same_conversation_in_chatml():
 
 def test_mllama_synthesizer_prompt_ends_in_an_open_user_turn():
     prompt = synthesizer_prompt(CAPTION, "mllama")
-    assert prompt.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|image|>\n")
+    assert prompt.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|image|>Describe the image.<|eot_id|>")
     assert prompt.endswith(f"{CAPTION}<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n")
 
 

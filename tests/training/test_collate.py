@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.models.families import get_family
+from engine.models.families import chat_template_messages, get_family
 from engine.models.loading import load_model, load_processor
 from engine.synthesis.examples import CAPTION_PROMPT
 from engine.training import mixture
@@ -73,12 +73,8 @@ def image_positions(example: dict, processor) -> list[int]:
 
 def test_the_family_format_is_the_models_chat_template(processor):
     messages = conversation()["messages"]
-    as_parts = [
-        {"role": m["role"], "content": [{"type": "image"}, {"type": "text", "text": m["content"][len("<image>"):]}]}
-        if m["content"].startswith("<image>") else m
-        for m in messages
-    ]
-    assert render_with_spans(QWEN, messages).text == processor.apply_chat_template(as_parts, tokenize=False)
+    template = processor.apply_chat_template(chat_template_messages(messages), tokenize=False)
+    assert render_with_spans(QWEN, messages).text == template
 
 
 def test_labels_cover_exactly_the_assistant_turns(processor):
@@ -151,14 +147,10 @@ def test_a_truncation_that_leaves_no_labels_drops_the_example(processor):
     assert collator.counts == {TRUNCATED: 1, DROPPED_NO_LABELS: 1}
 
 
-def test_a_family_whose_image_token_the_processor_does_not_expand_gets_the_processors(processor):
-    # mllama's format writes <|image|>; this processor expands <|image_pad|>, so the collator writes that instead.
-    collator = Collator(processor, "mllama", max_length=512)
-    assert collator.family.image_token == "<|image_pad|>" and collator.family.turn_end == "<|eot_id|>"
-    example = collator.encode(conversation())
-    assert len(image_positions(example, processor)) == IMAGE_TOKENS_112
-    assert [processor.tokenizer.decode(run) for run in labelled_runs(example)] == [
-        "A red square on a white field.<|eot_id|>", "It is red. Therefore, the answer is red.<|eot_id|>"]
+def test_a_family_the_checkpoint_cannot_speak_is_refused_by_name(processor):
+    # mllama's format writes Llama-3 headers; this Qwen2-VL tokenizer has none of them.
+    with pytest.raises(ValueError, match="no <\\|begin_of_text\\|>.*'mllama' format"):
+        Collator(processor, "mllama", max_length=512)
 
 
 def test_an_unreadable_image_is_dropped_and_counted(processor):

@@ -106,8 +106,8 @@ class TaskSpec:
 
         As in the paper's evaluation, a row whose prediction is missing (the model failed on it) is scored like a
         wrong answer. A row the scorer refuses (no label, no options, an unknown answer type) is left out and
-        counted as `unscorable`; rows carrying an `error` are counted as `errors`. Both keys appear only when
-        non-zero. `n` is the number of rows scored.
+        counted as `unscorable`; rows carrying an `error` are counted as `errors` (and as `error_pct` of all rows).
+        These keys appear only when non-zero. `n` is the number of rows scored.
         """
         scorer = task_scorer(self.scorer)
         scores, unscorable, errors = [], 0, 0
@@ -120,6 +120,7 @@ class TaskSpec:
         summary = {"n": len(scores), **scorer.summarize(scores)}
         if errors:
             summary["errors"] = errors
+            summary["error_pct"] = round(100 * errors / (len(scores) + unscorable), 2)
         if unscorable:
             summary["unscorable"] = unscorable
         return summary

@@ -1,9 +1,10 @@
 """The one interface every inference backend speaks: a batch of requests in, one result per request out.
 
-A request carries a prompt that is already rendered in the model family's format (``engine.models.families``), with the
-family's image tokens where its images go. Backends do not template anything: they tokenize the prompt the way the
-model's tokenizer does by default (a Llama-3 tokenizer prepends ``<|begin_of_text|>``, a Qwen2 tokenizer adds nothing),
-which is also what vLLM and transformers do with a raw prompt.
+A request carries a prompt that is already rendered in the model family's format as the checkpoint needs it
+(``engine.models.loading.chat_format``), with its image tokens where its images go and every special token written out,
+the BOS included. Backends do not template anything and add no special tokens: processors disagree on the BOS (Llama-3
+tokenizers prepend one, Mllama's processor a second one), so the text alone decides. Behind an HTTP server the prompt
+is the family's as written and the server adds what its model needs.
 
 A request that fails (a corrupt image, a prompt longer than the context, a server error) becomes a result with
 ``error`` set; ``generate`` raises only for programming errors in the caller, never because of one bad row, so an actor
@@ -26,7 +27,9 @@ logger = logging.getLogger(__name__)
 class GenerationRequest:
     """One prompt to complete.
 
-    ``stop`` strings end the output and are not part of it (vLLM's convention). ``keep_special_tokens`` keeps tokens
+    ``stop`` strings end the output and are not part of it (vLLM's convention); they are matched on the decoded text,
+    where special tokens appear only with ``keep_special_tokens``, so an answer that must end at a special token (the
+    end of a turn) says so with ``stop_token_ids``, which end it on the token itself. ``keep_special_tokens`` keeps tokens
     such as ``<|eot_id|>`` in the text, which the synthesizer needs to split the turns it writes. ``stop_at_eos``
     False lets only the stop strings end the output: a synthesizer writes several turns, and the end-of-turn tokens
     its checkpoint lists as end-of-sequence must not end them.
@@ -37,6 +40,7 @@ class GenerationRequest:
     max_tokens: int = 512
     temperature: float = 0.0
     stop: Sequence[str] | None = None
+    stop_token_ids: Sequence[int] = ()
     keep_special_tokens: bool = False
     stop_at_eos: bool = True
 

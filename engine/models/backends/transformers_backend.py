@@ -27,7 +27,8 @@ class TransformersBackend(Backend):
         self._model_id = config.model
         self._device = torch.device(config.device)
         self._fixed_output_length = config.fixed_output_length
-        self._processor = load_processor(config.model, trust_remote_code=config.trust_remote_code)
+        self._processor = load_processor(config.model, trust_remote_code=config.trust_remote_code,
+                                         **config.processor_kwargs())
         takes_images = not isinstance(self._processor, PreTrainedTokenizerBase)
         self._tokenizer = self._processor.tokenizer if takes_images else self._processor
         self._takes_images = takes_images
@@ -58,7 +59,8 @@ class TransformersBackend(Backend):
     def _generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         groups: dict[tuple, list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
-            key = (request.max_tokens, request.temperature, tuple(request.stop or ()), request.stop_at_eos)
+            key = (request.max_tokens, request.temperature, tuple(request.stop or ()), tuple(request.stop_token_ids),
+                   request.stop_at_eos)
             groups[key].append(index)
         results: list[GenerationResult | None] = [None] * len(requests)
         for indices in groups.values():
@@ -79,14 +81,16 @@ class TransformersBackend(Backend):
         ]
 
     def _encode(self, requests: Sequence[GenerationRequest]):
+        # Prompts carry every special token they need, the BOS included (engine.models.loading.chat_format).
         texts = [request.prompt for request in requests]
         if not any(request.images for request in requests):
-            return self._processor(text=texts, padding=True, return_tensors="pt")
+            return self._processor(text=texts, padding=True, add_special_tokens=False, return_tensors="pt")
         if not self._takes_images:
             raise ValueError(f"{self._model_id} is a text-only model; it cannot take images")
         # One image list per prompt: the form every processor accepts (mllama requires it).
         images = [list(request.images) for request in requests]
-        return self._processor(text=texts, images=images, padding=True, return_tensors="pt")
+        return self._processor(text=texts, images=images, padding=True, add_special_tokens=False,
+                               return_tensors="pt")
 
     def _generation_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": request.max_tokens, "pad_token_id": self._pad_id}
@@ -99,17 +103,17 @@ class TransformersBackend(Backend):
             kwargs["do_sample"] = False
         if request.stop:
             kwargs.update(stop_strings=list(request.stop), tokenizer=self._tokenizer)
-        if not request.stop_at_eos:
+        if not request.stop_at_eos or request.stop_token_ids:
             kwargs["eos_token_id"] = sorted(self._request_eos_ids(request)) or None
         return kwargs
 
     def _request_eos_ids(self, request: GenerationRequest) -> set[int]:
-        """The tokens that end this request: the checkpoint's end-of-sequence tokens, or with ``stop_at_eos`` False
-        only the stop strings that are single tokens (``generate`` stops on the others by itself)."""
+        """The tokens that end this request: its stop token ids, and the checkpoint's end-of-sequence tokens or, with
+        ``stop_at_eos`` False, the stop strings that are single tokens (``generate`` stops on the others by itself)."""
         if request.stop_at_eos:
-            return self._eos_ids
+            return self._eos_ids | set(request.stop_token_ids)
         vocabulary = self._tokenizer.get_vocab()
-        return {vocabulary[stop] for stop in request.stop or () if stop in vocabulary}
+        return {vocabulary[stop] for stop in request.stop or () if stop in vocabulary} | set(request.stop_token_ids)
 
     def _result(self, tokens: list[int], request: GenerationRequest, prompt_length: int) -> GenerationResult:
         produced, output_tokens = self._produced_tokens(tokens, request)

@@ -15,27 +15,31 @@ from typing import Any
 
 from engine.config import EngineConfig, core_ids
 from engine.models.backends.base import Backend, GenerationRequest, GenerationResult, run_isolating_failures
+from engine.models.loading import resolve_model
 
 GIB = 1 << 30
 # vLLM marks a request it gave up on with these finish reasons instead of raising.
 _FAILED_FINISH_REASONS = {"abort", "error"}
 
 
-def engine_kwargs(config: EngineConfig) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.LLM`` for ``config``."""
+def engine_kwargs(config: EngineConfig, model: str | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM`` for ``config``; `model` is where its weights load from when that is not
+    ``config.model`` (an object-store model staged to local disk)."""
     kwargs: dict[str, Any] = {
-        "model": config.model,
+        "model": model or config.model,
         "dtype": config.dtype,
         "trust_remote_code": config.trust_remote_code,
         "enforce_eager": config.enforce_eager,
-        # Requests carry images only; without this vLLM also profiles (and reserves memory for) video inputs.
-        "limit_mm_per_prompt": {"video": 0},
+        # Every request carries at most one image and no video: vLLM profiles (and reserves memory for) only that.
+        "limit_mm_per_prompt": {"image": 1, "video": 0},
         # A stream shows each image once, so vLLM's cache of processed images (4 GiB by default) never hits; it only
         # grows the actor's memory with the data.
         "mm_processor_cache_gb": 0,
     }
     if config.max_model_len is not None:
         kwargs["max_model_len"] = config.max_model_len
+    if config.processor_kwargs():
+        kwargs["mm_processor_kwargs"] = config.processor_kwargs()
     if config.device == "cpu":
         # The CPU build sizes its KV cache from the NUMA node's memory by default, and start-up fails on small machines.
         if config.kv_cache_gib is not None:
@@ -75,7 +79,7 @@ class VLLMBackend(Backend):
         self._fixed_output_length = config.fixed_output_length
         if config.cpu_threads_bind:
             bind_to_cores(config.cpu_threads_bind)
-        self._llm = LLM(**engine_kwargs(config))
+        self._llm = LLM(**engine_kwargs(config, model=resolve_model(config.model)))
 
     @property
     def model_id(self) -> str:
@@ -87,7 +91,8 @@ class VLLMBackend(Backend):
     def _generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         prompts = [_engine_prompt(request) for request in requests]
         params = [self._sampling_params(request) for request in requests]
-        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        # Prompts carry every special token they need, the BOS included (engine.models.loading.chat_format).
+        outputs = self._llm.generate(prompts, params, use_tqdm=False, tokenization_kwargs={"add_special_tokens": False})
         return [_result(output) for output in outputs]
 
     def _sampling_params(self, request: GenerationRequest) -> Any:
@@ -97,6 +102,7 @@ class VLLMBackend(Backend):
             temperature=request.temperature,
             max_tokens=request.max_tokens,
             stop=list(request.stop) if request.stop else None,
+            stop_token_ids=list(request.stop_token_ids) or None,
             skip_special_tokens=not request.keep_special_tokens,
             ignore_eos=not request.stop_at_eos,
             **fixed,
