@@ -314,7 +314,8 @@ class EvaluationStage:
         rows = sum(state["rows"] for state in states.values())
         for state in states.values():  # the job's time, shared by its pairs
             state.update(seconds=round(seconds, 2), rows_per_s=round(rows / max(seconds, 1e-9), 3))
-            self.dir.write_json({k: v for k, v in state.items() if k != "skipped"}, self.dir.state(model, state["task"]))
+            stored = {key: value for key, value in state.items() if key != "skipped"}
+            self.dir.write_json(stored, self.dir.state(model, state["task"]))
         if failures:  # the others are complete; a rerun predicts the failed pairs again, from a fresh checkpoint
             self.dir.remove(self.dir.checkpoints(model))
             raise failures[0]
