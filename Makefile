@@ -1,6 +1,7 @@
 # The README's two quick-start commands. Each does all set-up on a fresh machine and nothing on a re-run:
 #   make demo   builds .venv, the tiny models and the demo data if missing, then runs the demo's model route
-#               (synthesis only) and `adapt run configs/demo.yaml` (see the header of configs/demo.yaml)
+#               (synthesis only) and `adapt run configs/demo.yaml` (see the header of configs/demo.yaml), and
+#               prints where `adapt inspect` wrote the report on the demo's synthesized data
 #   make test   same set-up, then the test suite
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -18,6 +19,7 @@ demo: $(ENV_STAMP) $(TINY_MODELS) $(DEMO_DATA)
 	$(VENV)/bin/adapt synthesize configs/demo.yaml output_dir=./runs/demo-model-route synthesis.synthesizer=model \
 		filter.judge=llm
 	$(VENV)/bin/adapt run configs/demo.yaml
+	$(VENV)/bin/adapt inspect runs/demo
 
 test: $(ENV_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

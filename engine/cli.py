@@ -1,4 +1,4 @@
-"""The `adapt` command line: one verb per stage, plus run, score, report, ablate and check-config.
+"""The `adapt` command line: one verb per stage, plus run, score, report, export, inspect, ablate and check-config.
 
 Heavy libraries (ray, torch, vllm) are imported inside the verbs that need them, so `adapt --help` and
 `adapt check-config` answer in well under a second.
@@ -19,6 +19,7 @@ EXIT_OK = 0
 EXIT_INVALID = 2  # bad config or bad arguments (argparse uses 2 for usage errors too)
 SYNTHESIS_SUMMARY_KEYS = ("rows_in", "rows_out", "rows_dropped", "rows_quarantined", "tasks_synthesized", "tasks_kept")
 TRAINING_SUMMARY_KEYS = ("steps", "final_loss", "model")
+DEFAULT_EXPORT_NAME = "adapt_instructions"
 
 
 def _load(args: argparse.Namespace) -> RunConfig:
@@ -41,17 +42,76 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.io.run_dir import INSTRUCTIONS, SYNTHESIS, RunDir
-    from engine.io.sinks import export_hf_disk, export_llama_factory
+    from engine.io.sinks import ExportRefused
 
-    run = RunDir(args.run_dir)
-    instructions = run.instructions
-    if not run.exists(SYNTHESIS, INSTRUCTIONS):
-        print(f"adapt export: no instruction set at {instructions} (run `adapt synthesize` first)", file=sys.stderr)
+    misplaced = [f"--{option}" for option in ("name", "seed", "mixture") if getattr(args, option) is not None]
+    if misplaced and args.to != "llama-factory":
+        print(f"adapt export: {', '.join(misplaced)}: only for --to llama-factory", file=sys.stderr)
         return EXIT_INVALID
-    export = export_llama_factory if args.to == "llama-factory" else export_hf_disk
-    count = export(instructions, args.out)
-    print(f"adapt export: {count} examples written to {args.out} ({args.to})")
+    if args.seed is not None and args.mixture == "none":
+        print("adapt export: --seed: only with --mixture single_stage", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        written = _export_lmms_eval(args) if args.to == "lmms-eval" else _export_instructions(args)
+    except ExportRefused as err:
+        print(f"adapt export: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"adapt export: {written} written to {args.out} ({args.to})")
+    return EXIT_OK
+
+
+def _export_instructions(args: argparse.Namespace) -> str:
+    from functools import partial
+    from pathlib import Path
+
+    from engine.io.run_dir import INSTRUCTIONS, SYNTHESIS, RunDir
+    from engine.io.sinks import ExportRefused, export_hf_disk, export_llama_factory
+    from engine.training.mixture import single_stage
+
+    run = RunDir(args.source)
+    if not run.exists(SYNTHESIS, INSTRUCTIONS):
+        raise ExportRefused(f"SOURCE: no instruction set at {run.instructions} (run `adapt synthesize` first)")
+    if args.to == "llama-factory":
+        # single_stage: the conversations `adapt train` makes, seeded by the config's top-level seed; none: the rows as
+        # synthesis wrote them (caption first), which `adapt train` mixes itself when it reads the JSON
+        conversations = (partial(single_stage, seed=args.seed or 0) if args.mixture in (None, "single_stage")
+                         else _as_stored)
+        count = export_llama_factory(run.instructions, args.out, args.name or DEFAULT_EXPORT_NAME, conversations,
+                                     overwrite=args.overwrite)
+        return f"{count} conversations"
+    if Path(args.out).exists() and any(Path(args.out).iterdir()) and not args.overwrite:
+        raise ExportRefused(f"--out: {args.out} is not empty; pass --overwrite to replace it")
+    return f"{export_hf_disk(run.instructions, args.out)} examples"
+
+
+def _as_stored(row: dict) -> list[dict]:
+    return [row]
+
+
+def _export_lmms_eval(args: argparse.Namespace) -> str:
+    from pathlib import Path
+
+    from engine.evaluation.lmms_eval import export_lmms_eval
+    from engine.io.sinks import ExportRefused
+
+    if not Path(args.source).is_file():
+        raise ExportRefused(f"SOURCE: --to lmms-eval takes the YAML config `adapt evaluate` runs; {args.source} is "
+                            "not a file")
+    config = _require(load_config(args.source), "evaluation").with_absolute_paths()
+    rows = export_lmms_eval(args.out, config.evaluation, overwrite=args.overwrite)
+    return ", ".join(f"{task} ({count} records)" for task, count in rows.items())
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from engine.io.run_dir import INSTRUCTIONS, SYNTHESIS, RunDir
+    from engine.synthesis.inspection import write_inspection
+
+    if not RunDir(args.run_dir).exists(SYNTHESIS, INSTRUCTIONS):
+        print(f"adapt inspect: RUN_DIR: no synthesized data in {args.run_dir} (run `adapt synthesize` first)",
+              file=sys.stderr)
+        return EXIT_INVALID
+    folder = write_inspection(args.run_dir, args.out)
+    print(f"adapt inspect: report in {folder}/report.html (numbers in report.json)")
     return EXIT_OK
 
 
@@ -165,8 +225,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary["evaluation"] = results = run_evaluation(config)
     summary["adapted_vs_base"] = compare_to_base(results)
     summary["seconds"] = round(time.monotonic() - started, 1)
-    with fsspec.open(run_dir.summary, "w") as file:
-        file.write(json.dumps(summary, indent=2) + "\n")
+    run_dir.write_summary(summary)
     with fsspec.open(run_dir.evaluation().url("report.md")) as file:
         print(file.read().decode())
     for line in summary["adapted_vs_base"]:
@@ -230,11 +289,29 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--predictions", required=True, help="JSONL with prediction, label (+ answer_type, options)")
     score.add_argument("--out", help="write the scores as JSON here too")
 
-    export = verb("export", "Export a run's instruction set for other trainers (LLaMA-Factory JSON, HF save_to_disk).",
-                  cmd_export, config=False)
-    export.add_argument("run_dir", help="a run directory holding synthesis/instructions")
-    export.add_argument("--to", choices=["llama-factory", "hf-disk"], default="llama-factory")
-    export.add_argument("--out", required=True, help="folder to write")
+    export = verb("export", "Export a run's instruction set for other trainers (LLaMA-Factory, HF save_to_disk), or "
+                  "a config's benchmarks as lmms-eval tasks.", cmd_export, config=False)
+    export.add_argument("source", metavar="SOURCE",
+                        help="a run directory (llama-factory, hf-disk), or the YAML config `adapt evaluate` runs "
+                        "(lmms-eval)")
+    export.add_argument("--to", choices=["llama-factory", "hf-disk", "lmms-eval"], default="llama-factory")
+    export.add_argument("--out", required=True, help="folder to write (for LLaMA-Factory: its data/ folder works)")
+    export.add_argument("--name", help=f"LLaMA-Factory dataset name (default {DEFAULT_EXPORT_NAME}); names its "
+                        "dataset_info.json entry, JSON file and image folder")
+    export.add_argument("--mixture", choices=["single_stage", "none"],
+                        help="LLaMA-Factory: single_stage (default) writes the conversations `adapt train` trains on, "
+                        "the caption turn first or last at random per image; none writes the rows as synthesized "
+                        "(caption first), for `adapt train` with training.dataset_format llama_factory, which mixes "
+                        "them itself")
+    export.add_argument("--seed", type=int, help="LLaMA-Factory single_stage: seed of the caption turn's place, as "
+                        "`adapt train` draws it: the config's top-level `seed` (default 0)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace an export of the same name (or non-empty --out, or task folders)")
+
+    inspect = verb("inspect", "Report on a run's synthesized data (HTML with plots, and JSON): task kinds, lengths, "
+                   "keep rate, drop and quarantine reasons, near-duplicates, examples.", cmd_inspect, config=False)
+    inspect.add_argument("run_dir", help="a run directory holding synthesis/")
+    inspect.add_argument("--out", help="folder to write (default: RUN_DIR/synthesis/inspection)")
 
     report = verb("report", "Regenerate report.json, report.md and report.png of a run directory.", cmd_report,
                   config=False)

@@ -135,6 +135,22 @@ class ImageBounds:
             raise FieldProblem("min_pixels", f"{self.min_pixels} exceeds max_pixels ({self.max_pixels})")
 
 
+# A field marked SPEED_ONLY changes how fast, or on which hardware, a stage runs, never what it writes: stage
+# fingerprints leave it out, so a run resumed with another value continues its partial state. This mark is the one list.
+SPEED_ONLY: dict[str, Any] = {"speed_only": True}
+
+
+def speed_field(*args: Any, **kwargs: Any) -> Any:
+    """A pydantic Field marked SPEED_ONLY."""
+    return Field(*args, json_schema_extra=SPEED_ONLY, **kwargs)
+
+
+def speed_only_fields(section: type[BaseModel]) -> frozenset[str]:
+    """The names of a section's fields marked SPEED_ONLY."""
+    return frozenset(name for name, field in section.model_fields.items()
+                     if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("speed_only"))
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, and assignments are validated too."""
 
@@ -176,7 +192,10 @@ class ClusterConfig(Section):
 
 class DataConfig(Section):
     path: str = Field(description="Input data set: a folder, a file, a glob, or an fsspec URL (s3://, gs://, hf://).")
-    format: Literal["parquet", "jsonl", "webdataset", "hf_disk"] = Field(description="How the data set is stored.")
+    format: Literal["parquet", "jsonl", "webdataset", "hf_disk"] = Field(
+        description="How the data set is stored. 'jsonl' reads .jsonl and .json files: JSON Lines or one JSON array, "
+        "with records flat, in the release's ShareGPT shape (images + messages) or LLaVA's conversation shape "
+        "(image + conversations).")
     min_image_side: int = Field(28, ge=1, description="Images with a shorter side are quarantined (too_small).")
     max_image_side: int = Field(16384, ge=1, description="Images with a longer side are quarantined (too_large).")
     max_image_pixels: int = Field(
@@ -206,34 +225,40 @@ class EngineConfig(Section, ImageBounds):
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the server's API key.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
-    concurrency: int = Field(1, ge=1, description="Actors in the pool (engine replicas).")
-    num_gpus: float = Field(0, ge=0, description="GPUs per actor (tensor_parallel_size is taken from it).")
-    num_cpus: float = Field(1, gt=0, description="CPUs per actor; fractional values let small machines oversubscribe.")
-    resources: dict[str, float] = Field(
+    concurrency: int = speed_field(1, ge=1, description="Actors in the pool (engine replicas).")
+    num_gpus: float = speed_field(0, ge=0, description="GPUs per actor (tensor_parallel_size is taken from it).")
+    num_cpus: float = speed_field(1, gt=0, description="CPUs per actor; fractional values let small machines "
+                                  "oversubscribe.")
+    resources: dict[str, float] = speed_field(
         default_factory=dict,
         description="Custom Ray resources per actor, to pin the pool to a node group (e.g. {synthesis_node: 1}; "
         "the cluster manifests in cluster/ declare them).",
     )
-    batch_size: int = Field(
+    batch_size: int = speed_field(
         32,
         ge=1,
         description="Rows per actor call, sent to the engine as one batch. vLLM's CPU build runs up to 256 sequences "
         "at once, so 256 keeps it busy; on GPUs, larger batches keep vLLM's scheduler full.",
     )
-    max_tokens: int = Field(512, ge=1, description="Generation budget per request.")
+    max_tokens: int | None = Field(
+        None, ge=1,
+        description="Generation budget per request; null gives each stage its own, as in AdaMLLM's release: the "
+        "synthesizer 512, the judge 2, evaluation each task's (1024; 256 for Food101, FoodSeg103 and Nutrition5K). "
+        "A number caps it (small models, smoke runs).")
     temperature: float = Field(0.0, ge=0, description="0 = greedy, as in the paper.")
     max_model_len: int | None = Field(None, ge=16, description="Context length cap (vLLM).")
-    kv_cache_gib: float | None = Field(
+    kv_cache_gib: float | None = speed_field(
         None,
         gt=0,
         description="KV cache size for vLLM's CPU build (GiB). Required there: its default reserves most of a NUMA "
         "node and start-up fails on small machines.",
     )
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM on CUDA: share of GPU memory to use.")
-    enforce_eager: bool = Field(
+    gpu_memory_utilization: float = speed_field(0.9, gt=0, le=1,
+                                                description="vLLM on CUDA: share of GPU memory to use.")
+    enforce_eager: bool = speed_field(
         False, description="vLLM: skip graph capture and compilation; starts much faster, generates somewhat slower."
     )
-    cpu_threads_bind: str | None = Field(
+    cpu_threads_bind: str | None = speed_field(
         None,
         description="vLLM CPU build: cores this pool's engines run on, e.g. '0' or '0-3,6' (the engine's process and "
         "threads are pinned there and it runs one thread per core), so the synthesizer and the judge do not share a "
@@ -287,7 +312,25 @@ class SynthesisConfig(Section):
         description="'adamllm' speaks the released AdaMLLM synthesizer's format; 'family' renders the same "
         "conversation in the engine's model family format (for synthesizers you tuned yourself).",
     )
-    seed: int = Field(0, description="Seed of the rule-based templates and of compose's template choice.")
+    seed: int = Field(
+        0, description="Seed of the rule-based templates and of compose's draws (instruction template and task kind)."
+    )
+    lenient_parse: bool = Field(
+        False,
+        description="Departure from the release. Off (the release's parser): a question counts only when its user turn "
+        "starts with the exact hint line ('Answer with a precise response.' + newline), questions under the two hints "
+        "match only when identical, a question repeated under one hint keeps its LAST answer, and the output's last "
+        "turn is dropped unless the output ends with the end-of-turn token. On: hints in any case or spacing, before "
+        "or after the question; questions matched ignoring case and spacing; a repeated question keeps its FIRST "
+        "answer; a complete last turn counts; stray special tokens are removed from the text.",
+    )
+    keep_pairs_without_task: bool = Field(
+        False,
+        description="Departure from the release. Off (the release): a pair whose synthesizer output yields no task (no "
+        "question under both hints, a failed request) gives no training example at all, caption included; it is "
+        "counted in the manifest's rows_dropped under its reason. On: it still gives its caption-only example. (A "
+        "task the judge drops keeps its caption example either way, as released.)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SynthesisConfig:
@@ -301,13 +344,28 @@ class FilterConfig(Section):
     judge: Literal["llm", "lexical"] = Field(
         "llm", description="'llm' asks a text LLM (the paper's route); 'lexical' is a cheap word-overlap heuristic."
     )
-    engine: EngineConfig | None = Field(None, description="The judge model (required when judge: llm).")
+    engine: EngineConfig | None = Field(
+        None,
+        description="The judge model (required when judge: llm). It decodes greedily (temperature 0) and writes at "
+        "most 2 tokens, as released.",
+    )
+    lenient_label: bool = Field(
+        False,
+        description="Departure from the release. Off (the release): a task is kept only when the judge's output, "
+        "stripped and lower-cased, is exactly 'yes' ('Yes.' or 'yes it' drop the task as unparseable). On: the first "
+        "of the words yes / no / open anywhere in the output is the label.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FilterConfig:
         if self.enabled and self.judge == "llm" and self.engine is None:
             raise FieldProblem("engine", "judge 'llm' needs an engine section")
+        if self.engine is not None and self.engine.temperature != 0:
+            raise FieldProblem("engine.temperature", "the judge decodes greedily, as released: leave it at 0")
         return self
+
+
+SYNTHESIZER_TUNING_EPOCHS = 2
 
 
 class TrainingConfig(Section, ImageBounds):
@@ -328,8 +386,8 @@ class TrainingConfig(Section, ImageBounds):
     trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (one per GPU on clusters).")
     use_gpu: bool = Field(True, description="One GPU per worker; false trains on CPU with gloo.")
-    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per training worker.")
-    worker_resources: dict[str, float] = Field(
+    cpus_per_worker: float = speed_field(1, gt=0, description="CPUs reserved per training worker.")
+    worker_resources: dict[str, float] = speed_field(
         default_factory=dict,
         description="Custom Ray resources per training worker, to place workers on a node group (e.g. "
         "{training_node: 1}).",
@@ -342,13 +400,24 @@ class TrainingConfig(Section, ImageBounds):
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear warm-up before cosine decay.")
-    epochs: int = Field(1, ge=1, description="Passes over the instruction set (the paper: 1).")
+    epochs: int = Field(
+        1,
+        ge=1,
+        description="Passes over the training data. Default 1 for task 'target' (the paper) and 2 for task "
+        "'synthesizer' (the release's tuning script).",
+    )
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     global_batch_size: int = Field(128, ge=1, description="Examples per optimizer step across all workers.")
     micro_batch_size: int = Field(1, ge=1, description="Examples per worker per forward pass.")
     max_length: int = Field(6144, ge=16, description="Token budget per example; longer text is truncated, images kept.")
-    checkpoint_every: int = Field(100, ge=1, description="Optimizer steps between checkpoints.")
-    log_every: int = Field(1, ge=1, description="Optimizer steps between metric lines (stdout and metrics.csv).")
+    checkpoint_every: int = speed_field(100, ge=1, description="Optimizer steps between checkpoints.")
+    log_every: int = speed_field(1, ge=1, description="Optimizer steps between metric lines (stdout and metrics.csv).")
+    max_failures: int = speed_field(
+        3, ge=-1,
+        description="Times Ray Train restarts the workers after one dies (its process or its node); each restart "
+                    "resumes from the last checkpoint, so steps since it are trained again. -1: no limit; 0: the "
+                    "first death fails the run (running the command again then resumes).",
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory (large models).")
     fused_adam: bool = Field(
         False,
@@ -358,9 +427,30 @@ class TrainingConfig(Section, ImageBounds):
     min_pixels: int | None = min_pixels_field()
     max_pixels: int | None = max_pixels_field()
     blank_image_fraction: float = Field(
-        0.1, ge=0, le=1, description="Synthesizer tuning: share of images replaced by a blank image."
+        0.1,
+        ge=0,
+        le=1,
+        description="Synthesizer tuning: share of seed-task rows whose image is replaced by the blank image (a white "
+        "237x150 JPEG, as released).",
+    )
+    dev_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Synthesizer tuning: share of seed-task rows held out as the dev split and never trained on (the "
+        "release holds out 10% of each seed task and does not evaluate on it during tuning). A row's split is drawn "
+        "from the run's seed and the row's id, so every task loses the same share in expectation and a row keeps its "
+        "split when rows are added; engine.training.mixture.is_dev_row tells which rows are dev.",
     )
     seed: int = Field(0, description="Seed of the mixture order, blank images and weight init of new layers.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        """Synthesizer tuning trains 2 epochs unless the section says otherwise (scripts/tune_synthesizer.sh)."""
+        if isinstance(data, dict) and data.get("task") == "synthesizer":
+            return {"epochs": SYNTHESIZER_TUNING_EPOCHS, **data}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:

@@ -6,16 +6,21 @@ change them only together with DESIGN.md. This module imports nothing of `engine
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 
 # Input: one image-caption pair. `image` holds the encoded bytes, or is null when `image_path` (relative to the data
-# set's root) names the file instead. `meta` is free-form JSON text carried through to the outputs.
+# set's root) names the file instead. `instruction` (optional) is the record's own request for the caption (e.g.
+# "Generate a recipe for this food."), the caption task's user turn; null means "Describe the image.". `meta` is
+# free-form JSON text carried through to the outputs.
 CAPTION_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string()),
         pa.field("image", pa.binary()),
         pa.field("image_path", pa.string()),
         pa.field("caption", pa.string()),
+        pa.field("instruction", pa.string()),
         pa.field("meta", pa.string()),
     ]
 )
@@ -30,6 +35,14 @@ LINEAGE_FIELDS = [
     pa.field("created_at", pa.timestamp("us", tz="UTC")),
 ]
 
+# What compose made of a kept task (engine.synthesis.compose; null for a task that was not kept): `compose_rule`
+# (cot_template | informative_only | informative_then_precise) and `task_kind` (forward, question_from_answer, ...: who
+# gives what to whom in the training exchange).
+COMPOSE_FIELDS = [
+    pa.field("compose_rule", pa.string()),
+    pa.field("task_kind", pa.string()),
+]
+
 # One synthesized task, kept or not; `reason` says why a task was dropped.
 TASK_SCHEMA = pa.schema(
     [
@@ -41,11 +54,27 @@ TASK_SCHEMA = pa.schema(
         pa.field("consistency", pa.string()),  # yes | no | open | null (not judged)
         pa.field("kept", pa.bool_()),
         pa.field("reason", pa.string()),
+        *COMPOSE_FIELDS,
         *LINEAGE_FIELDS,
     ]
 )
 
 MESSAGE_TYPE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+
+# An image as Hugging Face datasets stores its `Image` feature: the encoded bytes (and a path, null here). With the
+# schema metadata below, `datasets.load_dataset("parquet")` decodes the column to PIL images by itself.
+HF_IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+# datasets reads a Parquet schema's `huggingface` metadata for the features of the columns whose Arrow type matches
+# them (datasets.Features.from_arrow_schema); `List` is the datasets >= 4 name of a list feature.
+HF_IMAGES_METADATA = {b"huggingface": json.dumps(
+    {"info": {"features": {"images": {"_type": "List", "feature": {"_type": "Image"}}}}}).encode()}
+
+
+def image_bytes(image: bytes | dict | None) -> bytes | None:
+    """The encoded bytes of one element of an `images` column: stored as HF_IMAGE_TYPE in the published sets, plain
+    bytes where the images come from elsewhere (a LLaMA-Factory JSON's files, tests)."""
+    return image["bytes"] if isinstance(image, dict) else image
+
 
 # One training conversation (ShareGPT / LLaMA-Factory style, `<image>` placeholders in the message text).
 EXAMPLE_KINDS = ("caption", "synthetic", "caption+synthetic")
@@ -53,11 +82,13 @@ EXAMPLE_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string()),
         pa.field("source_id", pa.string()),
-        pa.field("images", pa.list_(pa.binary())),
+        pa.field("images", pa.list_(HF_IMAGE_TYPE)),
         pa.field("messages", pa.list_(MESSAGE_TYPE)),
         pa.field("kind", pa.string()),
+        *COMPOSE_FIELDS,
         *LINEAGE_FIELDS,
-    ]
+    ],
+    metadata=HF_IMAGES_METADATA,
 )
 
 # A row that could not be used, with the stage that refused it and why. The original row's columns follow these.

@@ -162,3 +162,15 @@ def write_task_benchmark(task: str, folder: Path, rows: int) -> Path:
     path = folder / f"{task}.parquet"
     pq.write_table(pa.Table.from_pylist(task_benchmark_records(task, rows)), path)
     return path
+
+
+def training_config(**fields):
+    """A valid CPU training section (2 workers, ZeRO-2) with `fields` changed."""
+    from engine.config import TrainingConfig
+
+    from tests.conftest import REPO_ROOT
+
+    base = {"model": "org/model", "family": "qwen2-vl", "use_gpu": False, "precision": "fp32", "num_workers": 2,
+            "micro_batch_size": 2, "global_batch_size": 8,
+            "deepspeed_config": str(REPO_ROOT / "configs" / "deepspeed" / "zero2.json")}
+    return TrainingConfig.model_validate(base | fields)

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.config import ConfigError, apply_override, dump_config, load_config
+from engine.config import (
+    ConfigError,
+    EngineConfig,
+    TrainingConfig,
+    apply_override,
+    dump_config,
+    load_config,
+    speed_only_fields,
+)
 from tests.conftest import base_tree, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,3 +235,11 @@ def test_the_families_refused_for_vllm_are_those_the_installed_vllm_cannot_run()
     supported = set(vllm.ModelRegistry.get_supported_archs())
     runs = {family: all(arch in supported for arch in archs) for family, archs in FAMILY_ARCHITECTURES.items()}
     assert {family for family, ok in runs.items() if not ok} == set(VLLM_UNSUPPORTED_FAMILIES)
+
+
+def test_speed_only_fields_are_marked_on_the_fields_themselves():
+    # The one list of what a resumed run may change: resources and pacing, never what a stage writes.
+    assert {"batch_size", "concurrency", "num_gpus", "resources", "kv_cache_gib"} <= speed_only_fields(EngineConfig)
+    assert not {"model", "temperature", "max_tokens", "max_model_len", "family"} & speed_only_fields(EngineConfig)
+    assert {"checkpoint_every", "max_failures", "cpus_per_worker"} <= speed_only_fields(TrainingConfig)
+    assert not {"learning_rate", "global_batch_size", "num_workers", "epochs"} & speed_only_fields(TrainingConfig)

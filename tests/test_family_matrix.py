@@ -52,7 +52,9 @@ def test_family_through_every_stage(family, checkpoint, prompt_format, backend, 
     config = {
         "output_dir": str(tmp_path / "run"),
         "data": {"path": str(write_parquet_pairs(tmp_path / "pairs", PAIRS, shards=1)), "format": "parquet"},
-        "synthesis": {"synthesizer": "model", "prompt_format": prompt_format,
+        # A random-weight synthesizer writes no task; the release would then drop every pair and leave nothing to
+        # train, so its caption examples are kept.
+        "synthesis": {"synthesizer": "model", "prompt_format": prompt_format, "keep_pairs_without_task": True,
                       "engine": engine(model, family, backend, max_tokens=24)},
         "filter": {"judge": "lexical"},
         "training": {"model": model, "family": family, "num_workers": 1, "use_gpu": False, "cpus_per_worker": 0.5,

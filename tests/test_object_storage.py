@@ -104,8 +104,10 @@ def test_adapt_run_end_to_end_on_s3(s3_bucket, tiny_model_dir, tmp_path):
     report = json.loads(objects[f"{root}/evaluation/report.json"])
     assert set(report) == {"base", "adapted"} and report["adapted"]["demo_vqa"]["n"] == BENCHMARK_ROWS
     evaluation = json.loads(objects[f"{root}/evaluation/manifest.json"])
-    assert evaluation["models"] == {"base": model, "adapted": s3.url("runs/demo/training/model")}
+    # Paths inside the run directory are relative to it (they were s3:// URLs before); the base model's is as given.
+    assert evaluation["models"] == {"base": model, "adapted": "./training/model"}
     summary = json.loads(objects[f"{root}/run_summary.json"])
+    assert s3.url("runs/demo") not in json.dumps([manifest, evaluation, summary])
     assert summary["training"]["steps"] == 4
 
     # The token reached the workers' environment only: no output, manifest, log or config holds it.
@@ -133,7 +135,8 @@ def test_a_synthesis_killed_on_s3_resumes_exactly_once(s3_bucket, tiny_model_dir
         "cluster": {"num_cpus": 4, "temp_dir": str(Path("/tmp") / f"ray-s3r-{os.getpid()}"),
                     "forward_env": list(s3.env)},
         "data": {"path": pairs, "format": "parquet"},
-        "synthesis": {"synthesizer": "model", "prompt_format": "family",
+        # A random-weight synthesizer writes no task: keep each pair's caption example, so every id is published.
+        "synthesis": {"synthesizer": "model", "prompt_format": "family", "keep_pairs_without_task": True,
                       "engine": {"model": str(tiny_model_dir / "tiny-qwen2-vl"), "family": "qwen2-vl",
                                  "backend": "transformers", "device": "cpu", "num_cpus": 0.5, "batch_size": 4,
                                  "max_tokens": 24, "min_pixels": None, "max_pixels": None}},
@@ -161,6 +164,7 @@ def test_a_synthesis_killed_on_s3_resumes_exactly_once(s3_bucket, tiny_model_dir
     fs.invalidate_cache()
     ids = pq.read_table(f"{root}/synthesis/instructions", filesystem=fs).column("id").to_pylist()
     assert len(ids) == len(set(ids)) == RESUME_ROWS
-    assert pq.read_table(f"{root}/synthesis/_rows", filesystem=fs).num_rows == RESUME_ROWS  # nothing done twice
+    rows = pq.read_table(f"{root}/synthesis/_rows", filesystem=fs)
+    assert rows.num_rows == RESUME_ROWS and "image" not in rows.column_names  # nothing done twice; images stored once
     manifest = json.loads(fs.cat_file(f"{root}/synthesis/manifest.json"))
     assert manifest["rows_processed_this_run"] == RESUME_ROWS - done_before

@@ -91,6 +91,8 @@ def shrunk_recipe(recipe: Path, tiny: Path, work: Path) -> dict:
     tree["output_dir"] = str(work / "run")
     tree["cluster"] = {"forward_env": tree["cluster"]["forward_env"]}  # the session's Ray, not `address: auto`
     tree["data"]["path"] = str(write_parquet_pairs(work / "pairs", RUN_PAIRS, shards=2))
+    # A random-weight synthesizer writes no task; the release would then drop every pair and leave nothing to train.
+    tree["synthesis"]["keep_pairs_without_task"] = True
     for section in ("synthesis", "filter", "evaluation"):
         tree[section]["engine"] = shrunk_engine(tree[section]["engine"], tiny)
     tree["training"].update(model=str(tiny / TINY_MODELS[tree["training"]["model"]]), use_gpu=False,

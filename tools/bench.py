@@ -45,6 +45,10 @@ training_ray_vs_plain    training samples/s of `adapt train` (Ray Train, 2 CPU w
     examples through the engine's mixture and collator, same micro-batch, global batch and steps, AdamW, the model
     saved at the end. The instruction set comes from an untimed rule-based synthesis. Stderr splits both into
     start-up and steps (the engine's steps from its metrics.csv).
+scale_100k_vs_10k        peak RSS of the `adapt synthesize` driver process on SCALE_PAIRS demo pairs (rule-based
+    synthesizer, lexical judge: the engine's own work, no model) / the same on a tenth of them. Not in the default set
+    (`--only scale_100k_vs_10k`; the same sizes with or without --quick). Stderr: the session's summed peak RSS, pairs/s,
+    finalize seconds, Parquet files per published set and bytes on disk per pair, by folder, for both sizes.
 """
 
 from __future__ import annotations
@@ -93,6 +97,8 @@ ENGINE_SECTIONS = ("synthesis", "filter", "evaluation")
 # The work measured, whatever configs/demo.yaml's route is: synthesis and judging by models, one training epoch.
 MODEL_ROUTE = ("synthesis.synthesizer=model", "filter.enabled=true", "filter.judge=llm", "training.epochs=1",
                "training.max_steps=null")
+SCALE_PAIRS = 100_000
+RULE_BASED = ("synthesis.synthesizer=rule_based", "filter.judge=lexical")
 RSS_SAMPLE_S = 0.5
 COMMAND_TIMEOUT_S = 1800
 GIB = 1 << 30
@@ -177,13 +183,14 @@ class SessionWatch:
     half second is missed and counted as the rest of the machine's: an upper bound for that."""
 
     def __init__(self, leader: int):
-        self.leader, self.peak_rss, self.session_cpu = leader, 0, {}
+        self.leader, self.peak_rss, self.leader_peak_rss, self.session_cpu = leader, 0, 0, {}
         self.started, self.machine_before = time.monotonic(), machine_busy_seconds()
         self.own_before = cpu_seconds([psutil.Process()])[os.getpid()]
 
     def sample(self) -> None:
         processes = session_processes(self.leader)
         self.peak_rss = max(self.peak_rss, summed_rss(processes))
+        self.leader_peak_rss = max(self.leader_peak_rss, summed_rss(p for p in processes if p.pid == self.leader))
         self.session_cpu.update(cpu_seconds(processes))
 
     def background_cores(self) -> float:
@@ -203,7 +210,8 @@ def kill_session(leader: int) -> None:
 @dataclasses.dataclass(frozen=True)
 class Run:
     seconds: float
-    peak_rss: int
+    peak_rss: int  # summed over the session
+    leader_peak_rss: int  # the command's own process (the driver)
     stdout: str
 
 
@@ -235,7 +243,7 @@ def run_command(command: list[str], log: Path, env: dict[str, str] | None = None
            f"{others:.2f} of {os.cpu_count()} cores busy meanwhile")
     if others > QUIET_CORES:
         detail(f"WARNING: the machine was not quiet during {log.stem}; ratios that involve it are not trustworthy")
-    return Run(seconds, watch.peak_rss, out.read_text())
+    return Run(seconds, watch.peak_rss, watch.leader_peak_rss, out.read_text())
 
 
 def last_json_line(text: str) -> dict:
@@ -413,11 +421,41 @@ def training_ray_vs_plain(bench: Bench) -> str:
     return figure("training_ray_vs_plain", samples / run.seconds, result["samples"] / plain.seconds)
 
 
+def disk_usage(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def rule_based_synthesis(bench: Bench, pairs: int) -> Run:
+    """`adapt synthesize` on `pairs` pairs, rule-based; its figures on stderr."""
+    run_name = f"scale-{pairs}"
+    run = bench.adapt("synthesize", run_name, bench.new_run(run_name, pairs, *RULE_BASED))
+    manifest = bench.manifest(run_name, "synthesis")
+    synthesis = bench.work / run_name / "synthesis"
+    files = {name: len(list((synthesis / name).glob("*.parquet"))) for name in ("instructions", "tasks", "quarantine")}
+    per_pair = {name: disk_usage(synthesis / name) / pairs for name in ("_rows", "_checkpoint", "instructions",
+                                                                        "tasks", "quarantine")}
+    source = disk_usage(bench.data(pairs) / "captions") / pairs
+    detail(f"scale {pairs}: driver peak RSS {run.leader_peak_rss / GIB:.2f} GiB, session {run.peak_rss / GIB:.2f} GiB; "
+           f"{pairs / run.seconds:.0f} pairs/s over {run.seconds:.0f} s (stream {manifest['timings_s']['stream']:.0f} "
+           f"s, finalize {manifest['timings_s']['finalize']:.1f} s); files per set {files}; bytes per pair: "
+           + ", ".join(f"{name} {size:.0f}" for name, size in per_pair.items())
+           + f"; total {sum(per_pair.values()):.0f} (the input: {source:.0f})")
+    return run
+
+
+def scale_100k_vs_10k(bench: Bench) -> str:
+    large = rule_based_synthesis(bench, SCALE_PAIRS)
+    small = rule_based_synthesis(bench, SCALE_PAIRS // 10)
+    return figure("scale_100k_vs_10k", large.leader_peak_rss / GIB, small.leader_peak_rss / GIB)
+
+
 FIGURES: dict[str, Callable[[Bench], str]] = {
     figure_function.__name__: figure_function
     for figure_function in (synthesis_vs_vllm_loop, synthesis_vs_hf_loop, memory_10x_vs_1x, resume_work,
-                            evaluation_vs_vllm_loop, training_ray_vs_plain)
+                            evaluation_vs_vllm_loop, training_ray_vs_plain, scale_100k_vs_10k)
 }
+# Figures measured when --only is not given: the scale figure alone takes longer than the rest together.
+DEFAULT_FIGURES = [name for name in FIGURES if name != "scale_100k_vs_10k"]
 
 
 # --------------------------------------------------------------------------------- baselines (run in their own process)
@@ -463,7 +501,7 @@ def vllm_synthesis(config, limit: int | None) -> dict:
     judge_llm = LLM(**engine_kwargs(judge))
     judge_ready = time.monotonic()
     if tasks:
-        budget = min(judge.max_tokens, JUDGE_MAX_TOKENS)
+        budget = min(judge.max_tokens or JUDGE_MAX_TOKENS, JUDGE_MAX_TOKENS)
         judge_llm.generate([consistency_prompt(task) for task in tasks],
                            SamplingParams(temperature=0.0, max_tokens=budget, min_tokens=budget), use_tqdm=False)
     generate_s += time.monotonic() - judge_ready
@@ -499,7 +537,7 @@ def hf_synthesis(config, limit: int | None) -> dict:
             tokens += len(new_tokens)
             text = processor.decode(new_tokens, skip_special_tokens=False)
             tasks += parse_synthesizer_output(text, synthesizer.family).tasks
-        budget = min(judge.max_tokens, JUDGE_MAX_TOKENS)
+        budget = min(judge.max_tokens or JUDGE_MAX_TOKENS, JUDGE_MAX_TOKENS)
         for task in tasks:
             judge_model.generate(**judge_tokenizer(consistency_prompt(task), return_tensors="pt"),
                                  max_new_tokens=budget, min_new_tokens=budget, do_sample=False)
@@ -595,8 +633,8 @@ def figure_names(text: str) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small inputs: under 10 minutes on 2 cores")
-    parser.add_argument("--only", type=figure_names, default=list(FIGURES), metavar="NAME[,NAME]",
-                        help=f"figures to measure, of: {', '.join(FIGURES)}")
+    parser.add_argument("--only", type=figure_names, default=DEFAULT_FIGURES, metavar="NAME[,NAME]",
+                        help=f"figures to measure, of: {', '.join(FIGURES)} (default: all but scale_100k_vs_10k)")
     parser.add_argument("--work", type=Path, help="build inputs and keep runs and logs here (default: a temporary "
                         "folder, removed at the end)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",

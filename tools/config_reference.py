@@ -25,6 +25,7 @@ from engine.config import (
     RunConfig,
     SynthesisConfig,
     TrainingConfig,
+    speed_only_fields,
 )
 
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
@@ -63,8 +64,11 @@ def reference() -> str:
     lines = []
     for title, model in SECTIONS:
         lines += [f"### `{title}`", "", "| field | type | default | description |", "|---|---|---|---|"]
+        speed_only = speed_only_fields(model)
         for name, field in model.model_fields.items():
             description = (field.description or "").replace("|", "\\|")
+            if name in speed_only:
+                description += " *Speed only: a run resumed with another value continues.*"
             lines.append(f"| `{name}` | {type_name(field.annotation)} | {default_text(field)} | {description} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -611,6 +611,7 @@ def build_captions(seed: int, count: int) -> list[dict]:
                 "image": drawn.png,
                 "image_path": None,
                 "caption": make_caption(drawn.scene, rng),
+                "instruction": None,  # the captions answer the default request, "Describe the image."
                 "meta": drawn.scene.meta_json(),
             }
         )
@@ -670,6 +671,7 @@ def build_real() -> list[dict]:
                 "image": image,
                 "image_path": None,
                 "caption": real.caption,
+                "instruction": None,
                 "meta": json.dumps(meta, sort_keys=True),
                 "extension": extension,
             }

@@ -230,7 +230,8 @@ def normalize_record(spec: TaskSpec, raw: RawRecord, index: int, example_id: str
         "example_id": example_id,
         "example_index": index,
         "input": attempt(lambda: str(_required(fields, "input"))),
-        "label": attempt(lambda: spec.encode_label(_required(fields, "label"))),
+        # An empty label is kept and scored (a miss), as the official evaluation counts it; a missing one is an error.
+        "label": attempt(lambda: spec.encode_label(fields.get("label"))),
         "answer_type": (attempt(lambda: _answer_type(fields)) if spec.answer_type
                         else None if answer_type is None else str(answer_type)),
         "options": attempt(lambda: json.dumps(record_options(fields), ensure_ascii=False)) if spec.options else None,

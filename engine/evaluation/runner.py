@@ -44,6 +44,7 @@ from engine.config import (
     absolute,
     is_local_path,
     is_url,
+    speed_only_fields,
 )
 from engine.evaluation import report
 from engine.evaluation.benchmarks import (
@@ -65,9 +66,6 @@ from engine.runtime import engine_actor_options, ray_session
 # Bump when the normalized benchmark table or the prediction rows change meaning: older files are then redone.
 TABLE_VERSION = 2
 PREDICTION_VERSION = 2
-# Engine fields that change how fast predictions come, not what they are: a resumed run may change them.
-RESOURCE_FIELDS = {"concurrency", "num_cpus", "num_gpus", "batch_size", "cpu_threads_bind", "kv_cache_gib",
-                   "gpu_memory_utilization", "enforce_eager"}
 # Benchmark images are only refused when undecodable: the model's processor resizes small or large ones itself.
 IMAGE_LIMITS = ImageLimits(min_side=1)
 GENERATION_FAILED = "generation_failed"
@@ -80,11 +78,6 @@ def _digest(value: Any) -> str:
 
 def _percent(part: int, whole: int) -> float:
     return round(100 * part / whole, 2) if whole else 0.0
-
-
-def max_tokens(spec: TaskSpec, engine: EngineConfig) -> int:
-    """The task's answer budget (the paper's), capped by the engine's `max_tokens` (small models, smoke runs)."""
-    return min(spec.max_tokens, engine.max_tokens)
 
 
 def models_to_score(config: RunConfig) -> dict[str, str]:
@@ -118,7 +111,7 @@ class Predict:
         self._specs = {task: get_task(task) for task in tasks}
         self._model = model
         self._format = engine_chat_format(engine)
-        self._max_tokens = {task: max_tokens(spec, engine) for task, spec in self._specs.items()}
+        self._max_tokens = {task: spec.answer_budget(engine.max_tokens) for task, spec in self._specs.items()}
         self._backend = create_backend(engine)
 
     def _prompt(self, spec: TaskSpec, text: str) -> str:
@@ -228,8 +221,8 @@ class EvaluationStage:
             "model": model_ref,
             "weights": files_signature(model_ref) if is_local_path(model_ref) or is_url(model_ref) else None,
             "table": table["fingerprint"],
-            "max_tokens": max_tokens(spec, engine),
-            "engine": engine.model_dump(mode="json", exclude=RESOURCE_FIELDS | {"model", "max_tokens"}),
+            "max_tokens": spec.answer_budget(engine.max_tokens),
+            "engine": engine.model_dump(mode="json", exclude=speed_only_fields(EngineConfig) | {"model", "max_tokens"}),
         })
 
     def _engine_for(self, model_ref: str) -> EngineConfig:
@@ -359,8 +352,9 @@ class EvaluationStage:
         predictions: dict[str, dict[str, Any]] = {}
         for (model, task), state in states.items():
             predictions.setdefault(model, {})[task] = state
-        self.dir.write_json({"config_fingerprint": self.config.fingerprint(), "models": self.models,
-                             "benchmarks": tables, "predictions": predictions}, MANIFEST)
+        manifest = {"config_fingerprint": self.config.fingerprint(), "models": self.models, "benchmarks": tables,
+                    "predictions": predictions}
+        self.dir.write_json(self.dir.run.portable(manifest), MANIFEST)
         print(f"evaluation: report in {self.dir.url('report.md')}", file=sys.stderr)
         return results
 

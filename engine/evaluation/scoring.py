@@ -2,7 +2,9 @@
 
 A row is a mapping with `prediction` (model output, may be None), `label` (string, or a list for the multi-label
 tasks), and where the task needs them `answer_type` (OPEN/CLOSED) and `options` (choice -> option text). Scores are on
-the x100 scale and task scores are means over examples, as in the paper (DESIGN.md section 4, Evaluation).
+the x100 scale and task scores are means over examples, as in the paper (DESIGN.md section 4, Evaluation). Like the
+metrics, the scorers reproduce the paper's released evaluation code on every input; its oddities are marked
+"Official quirk:" here and in engine.evaluation.metrics.
 
 `score_example` gives the per-example scores a predictions file carries; `score_predictions` gives a task's summary.
 The row's position in its predictions file is the example index that seeds the multiple-choice fallback.
@@ -31,8 +33,9 @@ from engine.evaluation.metrics import (
 Row = Mapping[str, Any]
 ExampleScores = dict[str, Any]
 
-FOODSEG103_SCORED_IDS = range(1, 103)  # 0 (background) and 103 (other ingredients) are not scored
+FOODSEG103_SCORED_IDS = range(1, 103)  # 0 (background) and 103 (other ingredients) are neither parsed nor scored
 NUTRITION5K_SCORED_IDS = range(0, 555)
+PMC_VQA_CHOICES = ("A", "B", "C", "D")
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,9 @@ class TaskScorer:
 
 
 def _label(row: Row) -> Any:
-    # Predictions may be missing, labels may not: a row without one is a broken benchmark, not a wrong answer.
+    # Predictions may be missing, labels may not: a row without one is a broken benchmark, not a wrong answer. An EMPTY
+    # label is a label: the official code scores it like any other (Recipe1M and OPEN 0, PMC-VQA a miss, CLOSED a hit
+    # for any yes/no answer) and counts it in the mean.
     label = row.get("label")
     if label is None:
         raise ValueError(f"row has no label: {dict(row)!r}")
@@ -56,9 +61,10 @@ def _label(row: Row) -> Any:
 
 
 def _answer_type(row: Row) -> str:
-    answer_type = str(row.get("answer_type") or "").strip().upper()
+    # Compared as written, as the official loop does: a row typed "open" is in neither of its means (here: unscorable).
+    answer_type = row.get("answer_type")
     if answer_type not in ("OPEN", "CLOSED"):
-        raise ValueError(f"answer_type must be OPEN or CLOSED, got {row.get('answer_type')!r}")
+        raise ValueError(f"answer_type must be OPEN or CLOSED, got {answer_type!r}")
     return answer_type
 
 
@@ -110,15 +116,26 @@ def _food101_options() -> Mapping[str, str]:
 
 def _choice_scores(row: Row, index: int, options: Mapping[str, str]) -> ExampleScores:
     choice, fell_back = parse_choice(row.get("prediction"), options, index)
-    correct = choice == str(_label(row)).strip()
+    correct = choice == str(_label(row))
     return {"accuracy": 100.0 if correct else 0.0, "choice": choice, "parse_fallback": fell_back}
 
 
-def _score_multiple_choice(row: Row, index: int) -> ExampleScores:
+def _row_options(row: Row) -> Mapping[str, str]:
     options = row.get("options")
     if not options:
         raise ValueError(f"multiple-choice row has no options: {dict(row)!r}")
-    return _choice_scores(row, index, options)
+    return options
+
+
+def _score_multiple_choice(row: Row, index: int) -> ExampleScores:
+    return _choice_scores(row, index, _row_options(row))
+
+
+def _score_pmc_vqa(row: Row, index: int) -> ExampleScores:
+    # The official parser always offers A-D, whatever the record holds: a missing or empty option is an empty text
+    # (which wins the option-text stage, see parse_choice) and stays among the choices the fallback guess draws from.
+    options = _row_options(row)
+    return _choice_scores(row, index, {choice: options.get(choice, "") for choice in PMC_VQA_CHOICES})
 
 
 def _score_food101(row: Row, index: int) -> ExampleScores:
@@ -144,34 +161,53 @@ def _score_caption(row: Row, index: int) -> ExampleScores:
 # Multi-label: labels are lists of class ids or names (a bare id or name counts as a one-item list).
 
 
-def _ids_of_label_item(item: Any, vocabulary: Sequence[str]) -> set[int]:
+@cache
+def _foodseg103_names() -> Mapping[int, str]:
+    names = vocabularies.foodseg103_classes()
+    return MappingProxyType({class_id: names[class_id] for class_id in FOODSEG103_SCORED_IDS})
+
+
+@cache
+def _nutrition5k_names() -> Mapping[int, str]:
+    return MappingProxyType(dict(enumerate(vocabularies.nutrition5k_ingredients())))
+
+
+@cache
+def _id_by_name(vocabulary: tuple[str, ...]) -> Mapping[str, int]:
+    # Official quirk: label names are looked up in the id -> name map turned round, where a repeated name keeps its
+    # LAST id, while the parser records a repeated name's FIRST id: a Nutrition5K label "deprecated" is id 469 and
+    # the answer "deprecated" is id 230, a miss.
+    return MappingProxyType({name.lower(): class_id for class_id, name in enumerate(vocabulary)})
+
+
+def _ids_of_label_item(item: Any, vocabulary: Sequence[str]) -> int:
     if isinstance(item, numbers.Integral):
-        return {int(item)}
+        return int(item)
     text = str(item).strip()
     if text.isdigit():
-        return {int(text)}
-    class_ids = {class_id for class_id, name in enumerate(vocabulary) if name.lower() == text.lower()}
-    if not class_ids:
+        return int(text)
+    class_id = _id_by_name(tuple(vocabulary)).get(text.lower())
+    if class_id is None:
         raise ValueError(f"label {item!r} is neither a class id nor a class name of this task")
-    return class_ids
+    return class_id
 
 
 def _label_ids(label: Any, vocabulary: Sequence[str]) -> set[int]:
-    items: Iterable[Any] = [label] if isinstance(label, (str, numbers.Integral)) else label
-    return set().union(*(_ids_of_label_item(item, vocabulary) for item in items))
+    # An empty text label is an empty list: the official code iterates the label, and "" has no items.
+    bare = isinstance(label, numbers.Integral) or (isinstance(label, str) and label)
+    items: Iterable[Any] = [label] if bare else label
+    return {_ids_of_label_item(item, vocabulary) for item in items}
 
 
 def _score_foodseg103(row: Row, index: int) -> ExampleScores:
-    vocabulary = vocabularies.foodseg103_classes()
-    predicted = parse_labels(row.get("prediction"), vocabulary)
-    expected = _label_ids(_label(row), vocabulary)
+    predicted = parse_labels(row.get("prediction"), _foodseg103_names())
+    expected = _label_ids(_label(row), vocabularies.foodseg103_classes())
     return {"f1": _percent(per_image_f1(predicted, expected, FOODSEG103_SCORED_IDS))}
 
 
 def _score_nutrition5k(row: Row, index: int) -> ExampleScores:
-    vocabulary = vocabularies.nutrition5k_ingredients()
-    predicted = parse_labels(row.get("prediction"), vocabulary)
-    expected = _label_ids(_label(row), vocabulary)
+    predicted = parse_labels(row.get("prediction"), _nutrition5k_names())
+    expected = _label_ids(_label(row), vocabularies.nutrition5k_ingredients())
     return {"recall": _percent(per_image_recall(predicted, expected, NUTRITION5K_SCORED_IDS))}
 
 
@@ -186,7 +222,7 @@ TASKS: Mapping[str, TaskScorer] = MappingProxyType({
     "vqa_rad": _MEDICAL_VQA,
     "slake": _MEDICAL_VQA,
     "pathvqa": _MEDICAL_VQA,
-    "pmc_vqa": _MULTIPLE_CHOICE,
+    "pmc_vqa": TaskScorer(_score_pmc_vqa, _summarize_multiple_choice),
     "food101": TaskScorer(_score_food101, _summarize_multiple_choice),
     "clrs": _MULTIPLE_CHOICE,
     "ucmerced": _MULTIPLE_CHOICE,

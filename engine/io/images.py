@@ -90,6 +90,10 @@ def check_caption(caption: object, max_chars: int) -> str | Problem:
     caption = caption.strip()
     if not caption:
         return Problem("empty_caption", "caption is empty or whitespace")
+    # Training data marks images with this placeholder: one inside a caption would become a second image token
+    # for one image, and collation fails (the release has the same defect). Kept out, with its reason.
+    if "<image>" in caption:
+        return Problem("image_placeholder_in_caption", "the caption contains the image placeholder <image>")
     if len(caption) > max_chars:
         return Problem("caption_too_long", f"{len(caption)} characters, limit {max_chars}")
     return caption

@@ -3,7 +3,7 @@
     {output_dir}/                            a local path or any fsspec URL (s3://, gs://, ...)
       run_summary.json                       `adapt run`'s summary
       synthesizer_tuning/                    a training folder (below) holding the tuned synthesizer
-      synthesis/    run.json manifest.json _rows/ _checkpoint/ instructions/ tasks/ quarantine/
+      synthesis/    run.json manifest.json _rows/ _checkpoint/ instructions/ tasks/ quarantine/ inspection/
       training/     run.json manifest.json checkpoints/ model/ metrics.csv
       evaluation/   manifest.json report.json report.md report.png
                     benchmarks/{task}/ benchmarks/{task}.json     normalized benchmark tables and their markers
@@ -14,6 +14,10 @@
 Two files give every stage the same restart rules: `run.json` records the fingerprint of the config that owns the
 folder, so a different config cannot resume its partial state; `manifest.json` is written last and marks the stage
 complete, so a rerun with the same fingerprint skips it.
+
+Paths inside the run directory are written into its JSON files (manifests, run_summary.json) relative to it, as
+"./training/model", so the files stay true when the folder is moved or copied off a cluster; reading a manifest back
+resolves them against the folder's current address. Paths outside it (input data, base models) stay as given.
 
 Addresses come in two kinds: `path(...)` is a path for the folder's own filesystem object (`fs`), `url(...)` is the
 same place as a URL that fsspec, pyarrow and Ray open anywhere (on other nodes too).
@@ -31,6 +35,7 @@ from engine.config import ConfigError
 
 MANIFEST = "manifest.json"
 OWNER = "run.json"
+RELATIVE = "./"  # how a path inside the run directory starts in its JSON files
 SUMMARY = "run_summary.json"
 
 SYNTHESIS = "synthesis"
@@ -39,9 +44,12 @@ TUNING = "synthesizer_tuning"
 EVALUATION = "evaluation"
 ABLATION = "ablation"
 
-# synthesis/
+# synthesis/: the working rows, the three published sets, and `adapt inspect`'s report on them
 ROWS = "_rows"
-INSTRUCTIONS = "instructions"  # beside tasks/ and quarantine/, whose names the synthesis stage owns
+INSTRUCTIONS = "instructions"
+TASKS = "tasks"
+QUARANTINE = "quarantine"
+INSPECTION = "inspection"
 # synthesis/ and evaluation/: Ray Data's checkpoint of finished rows
 CHECKPOINT = "_checkpoint"
 # training folders
@@ -97,19 +105,42 @@ class Folder:
         if self.exists(*parts):
             self.fs.rm(self.path(*parts), recursive=True)
 
+    def portable(self, value: Any) -> Any:
+        """`value` (JSON-like) with every path inside this folder, as a URL or an `fs` path, made relative to it."""
+        if isinstance(value, dict):
+            return {key: self.portable(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.portable(item) for item in value]
+        if isinstance(value, str):
+            for prefix in (self.url_root, self.root):
+                if value == prefix or value.startswith(prefix + "/"):
+                    return RELATIVE + value[len(prefix) + 1:]
+        return value
+
+    def resolved(self, value: Any) -> Any:
+        """The inverse of `portable`: relative paths made addresses under this folder where it is now."""
+        if isinstance(value, dict):
+            return {key: self.resolved(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.resolved(item) for item in value]
+        if isinstance(value, str) and value.startswith(RELATIVE):
+            return self.url(value[len(RELATIVE):]) if len(value) > len(RELATIVE) else self.url_root
+        return value
+
 
 class StageDir(Folder):
     """One stage's folder, owned by the config whose fingerprint it records (see the module docstring)."""
 
     def __init__(self, run_url: str, stage: str, fingerprint: str | None = None):
         super().__init__(f"{run_url.rstrip('/')}/{stage}")
+        self.run = Folder(run_url)  # the run directory, which the stage's manifest's paths are relative to
         self.stage = stage
         self.fingerprint = fingerprint
 
     def completed_manifest(self) -> dict[str, Any] | None:
         """The manifest of a finished run of this same config, or None."""
         manifest = self.read_json(MANIFEST)
-        return manifest if manifest and manifest.get("fingerprint") == self.fingerprint else None
+        return self.run.resolved(manifest) if manifest and manifest.get("fingerprint") == self.fingerprint else None
 
     def claim(self) -> None:
         """Take the folder for this config, or refuse if another config's partial state is in it."""
@@ -124,7 +155,8 @@ class StageDir(Folder):
             )
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        self.write_json({**manifest, "fingerprint": self.fingerprint}, MANIFEST)
+        """Mark the stage complete; paths inside the run directory are written relative to it."""
+        self.write_json(self.run.portable({**manifest, "fingerprint": self.fingerprint}), MANIFEST)
 
 
 class EvaluationDir(StageDir):
@@ -198,6 +230,9 @@ class RunDir(Folder):
     @property
     def summary(self) -> str:
         return self.url(SUMMARY)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        self.write_json(self.portable(summary), SUMMARY)
 
     def ablation(self) -> RunDir:
         """The ablation grid's own run directory (its evaluation and table); variants are run directories inside."""

@@ -1,67 +1,195 @@
-"""Exports of a published instruction set to the formats other trainers read.
+"""Parquet writing that every reader accepts, and exports of a published instruction set for other trainers.
 
-- LLaMA-Factory: a ShareGPT-style JSON list ({"messages": [...], "images": [paths]}) with the images as files beside
-  it, and the dataset_info.json entry that registers it (formatting "sharegpt", OpenAI-style role/content tags).
-- Hugging Face datasets: `save_to_disk` of the Parquet set.
-Both stream the Parquet set batch by batch; neither holds the whole set in memory.
+- `write_parquet`: an empty table becomes a file without row groups (datasets sizes its batches by the first row
+  group and fails on an empty one: `ArrowInvalid: BatchSize must be greater than 0`).
+- LLaMA-Factory: a ShareGPT-style JSON list ({"id", "messages", "images": [paths]}) with its images in a folder beside
+  it, merged as one entry into the folder's dataset_info.json (formatting "sharegpt", role/content tags).
+- Hugging Face datasets: `save_to_disk` of the instruction set, its `images` column a list of `datasets.Image` (the
+  Parquet set's own schema metadata says so: records.EXAMPLE_SCHEMA).
+The LLaMA-Factory export streams the Parquet set batch by batch and never holds the whole set in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import fsspec
+import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from engine.records import image_bytes
 
 IMAGE_SIGNATURES = {b"\x89PNG": "png", b"\xff\xd8\xff": "jpg", b"GIF8": "gif", b"RIFF": "webp", b"BM": "bmp"}
+DATASET_INFO = "dataset_info.json"
+# LLaMA-Factory looks a dataset up by this name in dataset_info.json; it also names the files, so no path characters.
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+EXPORT_COLUMNS = ["id", "images", "messages"]
+
+Conversations = Callable[[dict[str, Any]], list[dict[str, Any]]]
+
+
+class ExportRefused(ValueError):
+    """An export that would overwrite something, or whose arguments are unusable; the message names what."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parquet for every reader
+
+
+def write_parquet(table: pa.Table, path: str, filesystem: fsspec.AbstractFileSystem | None = None) -> None:
+    """Write `table` (schema metadata included) to one Parquet file; an empty table as a file with no row group."""
+    with pq.ParquetWriter(path, table.schema, filesystem=filesystem) as writer:
+        if table.num_rows:
+            writer.write_table(table)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# LLaMA-Factory
 
 
 def image_extension(data: bytes) -> str:
     return next((ext for magic, ext in IMAGE_SIGNATURES.items() if data.startswith(magic)), "bin")
 
 
-def llama_factory_dataset_info(name: str, file_name: str) -> dict:
+def llama_factory_dataset_info(file_name: str) -> dict[str, Any]:
+    """One dataset_info.json entry: a ShareGPT file with OpenAI-style role/content messages and an images column."""
     return {
-        name: {
-            "file_name": file_name,
-            "formatting": "sharegpt",
-            "columns": {"messages": "messages", "images": "images"},
-            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
-        }
+        "file_name": file_name,
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
     }
 
 
-def export_llama_factory(instructions: str | Path, out_dir: str | Path, name: str = "adapt_instructions") -> int:
-    """Write `{out_dir}/{name}.json`, `{out_dir}/images/` and `{out_dir}/dataset_info.json`; return the example count."""
-    out_dir = Path(out_dir)
-    images_dir = out_dir / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
+def _instruction_rows(instructions: str) -> Iterator[dict[str, Any]]:
+    fs, path = fsspec.core.url_to_fs(str(instructions))  # a run directory may be on object storage
+    for batch in pads.dataset(path, filesystem=fs, format="parquet").to_batches(columns=EXPORT_COLUMNS):
+        yield from batch.to_pylist()
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the folder, so two exports into one folder cannot both pass the name check or lose
+    each other's dataset_info.json entry."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _replace_atomically(path: Path, write: Callable[[Any], None]) -> None:
+    """Write through a temporary file renamed over `path`: readers see the old file or the new one, never a part."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as file:
+            write(file)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _read_dataset_info(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ExportRefused(f"--out: {path} is not valid JSON ({err}); fix or move it") from None
+    if not isinstance(info, dict):
+        raise ExportRefused(f"--out: {path} is not a JSON object of dataset entries")
+    return info
+
+
+def _check_name(name: str, out_dir: Path, info: dict[str, Any], overwrite: bool) -> None:
+    if not DATASET_NAME.fullmatch(name):
+        raise ExportRefused(f"--name: {name!r} is not a usable dataset name (letters, digits, . _ -)")
+    clashes = [what for what, present in ((f"an entry {name!r} in {out_dir / DATASET_INFO}", name in info),
+                                          (str(out_dir / f"{name}.json"), (out_dir / f"{name}.json").exists()),
+                                          (str(out_dir / f"{name}_images"), (out_dir / f"{name}_images").exists()))
+               if present]
+    if clashes and not overwrite:
+        raise ExportRefused(f"--name: {name!r} is taken: {'; '.join(clashes)} (choose another --name, or pass "
+                            "--overwrite to replace it)")
+
+
+def _write_conversations(rows: Iterator[dict[str, Any]], conversations: Conversations, out_dir: Path,
+                         name: str) -> int:
+    images_dir = out_dir / f"{name}_images"
+    shutil.rmtree(images_dir, ignore_errors=True)  # a replaced export must not keep the old images
+    images_dir.mkdir()
     count = 0
-    with open(out_dir / f"{name}.json", "w", encoding="utf-8") as file:
+
+    def write(file) -> None:
+        nonlocal count
         file.write("[")
-        fs, path = fsspec.core.url_to_fs(str(instructions))  # a run directory may be on object storage
-        for batch in pads.dataset(path, filesystem=fs, format="parquet").to_batches(
-                columns=["id", "images", "messages"]):
-            for example in batch.to_pylist():
+        for row in rows:
+            for conversation in conversations(row):
                 paths = []
-                for index, data in enumerate(example["images"]):
-                    # ids can hold any character; the file name uses the example's position instead
+                for index, data in enumerate(map(image_bytes, conversation["images"])):
+                    # ids can hold any character; the file name uses the conversation's position instead
                     path = images_dir / f"{count:09d}_{index}.{image_extension(data)}"
                     path.write_bytes(data)
-                    paths.append(str(path.relative_to(out_dir)))
-                record = {"id": example["id"], "messages": example["messages"], "images": paths}
+                    paths.append(path.relative_to(out_dir).as_posix())
+                record = {"id": conversation["id"], "messages": conversation["messages"], "images": paths}
                 file.write(("\n" if count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
                 count += 1
         file.write("\n]\n")
-    (out_dir / "dataset_info.json").write_text(json.dumps(llama_factory_dataset_info(name, f"{name}.json"), indent=2))
+
+    _replace_atomically(out_dir / f"{name}.json", write)
     return count
 
 
-def export_hf_disk(instructions: str | Path, out_dir: str | Path) -> int:
-    """`datasets.Dataset.save_to_disk` of the instruction set; return the example count."""
+def export_llama_factory(instructions: str, out_dir: str | Path, name: str, conversations: Conversations,
+                         overwrite: bool = False) -> int:
+    """Write `{out_dir}/{name}.json` and `{out_dir}/{name}_images/`, then add the entry `name` to
+    `{out_dir}/dataset_info.json` (created if missing, other entries kept); return the conversation count.
+
+    `conversations` turns an instruction row into the conversations to write (a training mixture). Image paths
+    are relative to `out_dir`; LLaMA-Factory resolves them against its `media_dir`, which defaults to its
+    `dataset_dir`, so they load when `out_dir` is LLaMA-Factory's data/ folder or the `dataset_dir` of a run. A
+    name already used in the folder is refused (ExportRefused) unless `overwrite`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info_path = out_dir / DATASET_INFO
+    with _locked(out_dir):
+        _check_name(name, out_dir, _read_dataset_info(info_path), overwrite)
+        count = _write_conversations(_instruction_rows(instructions), conversations, out_dir, name)
+        # Read again under the lock just before the rename: entries written meanwhile by hand are kept too.
+        info = {**_read_dataset_info(info_path), name: llama_factory_dataset_info(f"{name}.json")}
+        _replace_atomically(info_path, lambda file: file.write(json.dumps(info, indent=2, ensure_ascii=False) + "\n"))
+    return count
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Hugging Face datasets
+
+
+def export_hf_disk(instructions: str, out_dir: str | Path) -> int:
+    """`datasets.Dataset.save_to_disk` of the instruction set, `images` as a list of `datasets.Image`; return the
+    example count. An empty set is saved as one empty shard (`save_to_disk` writes none for zero rows, and
+    `load_from_disk` then fails), and built without `load_dataset`, which cannot make a split of zero rows."""
     import datasets
 
-    dataset = datasets.load_dataset("parquet", data_files=f"{instructions}/*.parquet", split="train")
-    dataset.save_to_disk(str(out_dir))
+    fs, path = fsspec.core.url_to_fs(str(instructions))
+    parquet = pads.dataset(path, filesystem=fs, format="parquet")
+    features = datasets.Features.from_arrow_schema(parquet.schema)  # `images` a list of Image: records.EXAMPLE_SCHEMA
+    if parquet.count_rows() == 0:
+        dataset = datasets.Dataset.from_dict({column: [] for column in features}, features=features)
+    else:
+        files = [fs.unstrip_protocol(file) for file in parquet.files]
+        dataset = datasets.load_dataset("parquet", data_files=files, features=features, split="train",
+                                        storage_options=fs.storage_options)
+    dataset.save_to_disk(str(out_dir), num_shards=1 if len(dataset) == 0 else None)
     return len(dataset)

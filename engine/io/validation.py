@@ -29,8 +29,9 @@ def _load_image_bytes(row: dict[str, Any], root: str) -> bytes | Problem:
 
 
 def validate_row(row: dict[str, Any], root: str, limits: ImageLimits, max_caption_chars: int) -> dict[str, Any]:
-    """Fill `image` with PNG or original bytes of a decodable RGB image and `caption` with the checked text, or set
-    `problem_*` (keeping the original columns for the quarantine)."""
+    """Fill `image` with PNG or original bytes of a decodable RGB image, or set `problem_*` (keeping the original
+    columns for the quarantine). The caption is checked (not empty once stripped, not too long) but kept verbatim, as
+    the release sends it to the synthesizer and trains on it."""
     if row["problem_reason"] is not None:
         row["problem_stage"] = "read"
         return row
@@ -43,5 +44,4 @@ def validate_row(row: dict[str, Any], root: str, limits: ImageLimits, max_captio
         return row
     # Keep the original encoding (a JPEG stays small) unless decoding had to rotate or convert the image.
     row["image"] = encode_png(image.image) if image.rewritten else data
-    row["caption"] = checked
     return row

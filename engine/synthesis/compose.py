@@ -1,73 +1,83 @@
-"""Turn a kept task into its training response: a chain of thought that ends in the precise answer.
+"""Turn a kept task into its training exchange, as AdaMLLM's release does: a rule, then a drawn instruction template.
 
-The informative answer is the reasoning and the precise answer the conclusion, joined by one of ``COT_TEMPLATES``
-drawn with ``random.Random(seed)``; the caller records the seed, so the draw can be replayed. Two exceptions
-(AdaMLLM), checked in this order:
-1. the informative answer's last sentence already concludes: it is the response alone;
-2. the precise answer itself reads as a conclusion: the response is the informative answer, a space, the precise one.
+The rule (checked in this order, on the release's exact tests):
+1. ``informative_only``: the informative answer's last sentence already concludes. The last sentence is the last
+   piece of ``informative.strip().lower().split('. ')``, and it concludes when one of ``CONCLUSION_MARKERS`` is a
+   SUBSTRING of it. Each marker ends with a space, so "so " also matches inside "also " and "Therefore," does not
+   match: that is the release's test, kept as is. The informative answer is the answer.
+2. ``informative_then_precise``: a marker is a substring of the lower-cased precise answer (anywhere in it). The answer
+   is the informative answer, a space, the precise answer.
+3. ``cot_template``: otherwise the informative answer is the reasoning and the precise answer the answer.
 
-A text "concludes" when it contains one of ``CONCLUSION_MARKERS`` ("so", "thus", "therefore", "final", "answer",
-"result", "could be") as a whole word, in any case. The paper's list has a trailing space after each marker, which marks
-the end of a word; matching whole words keeps that intent, also catches a marker followed by punctuation
-("Therefore, ..."), and ignores markers inside other words ("also", "iso", "resultant").
+Rules 1 and 2 draw from ``templates.BASIC_PATTERNS`` (fields question, answer), rule 3 from ``templates.COT_PATTERNS``
+(question, reasoning, answer). The drawn pattern writes both turns, so the question itself may be rewritten, and a
+share of the exchanges are not forward (the user gives the answers, the assistant writes the question, ...). The draw
+uses ``random.Random(seed)`` with the row's recorded seed, so it can be replayed. The texts go in as parsed, untouched.
 """
 
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Literal
 
 from engine.synthesis.parsing import SynthesizedTask
+from engine.synthesis.templates import BASIC_PATTERNS, COT_PATTERNS, Pattern
 
 Rule = Literal["cot_template", "informative_only", "informative_then_precise"]
 
-COT_TEMPLATES = (
-    "{informative} Therefore, the answer is {precise}.",
-    "{informative}\n\nAnswer: {precise}",
-    "{informative} So the final answer is: {precise}.",
-    "Reasoning: {informative}\nConclusion: {precise}",
-    "{informative} In short, {precise}.",
-)
+CONCLUSION_MARKERS = ("could be ", "so ", "thus ", "therefore ", "final ", "answer ", "result ")
 
-CONCLUSION_MARKERS = ("so", "thus", "therefore", "final", "answer", "result", "could be")
-
-_CONCLUDES = re.compile(
-    r"\b(?:" + "|".join(r"\s+".join(map(re.escape, marker.split())) for marker in CONCLUSION_MARKERS) + r")\b",
-    re.I,
-)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_COT_WEIGHTS = list(accumulate(pattern.weight for pattern in COT_PATTERNS))
+_BASIC_WEIGHTS = list(accumulate(pattern.weight for pattern in BASIC_PATTERNS))
 
 
 @dataclass(frozen=True)
 class Composition:
-    """The response, the rule that made it, and for a template the index drawn from ``COT_TEMPLATES``."""
+    """The exchange (user turn, response), the rule and the pattern that made it (index into the rule's list), its
+    kind, and the seed of the draw."""
 
+    user: str
     response: str
     rule: Rule
-    template: int | None
+    kind: str
+    template: int
     seed: int
 
 
-def concludes(text: str) -> bool:
-    return _CONCLUDES.search(text) is not None
+def concludes(lowered: str) -> bool:
+    """The release's test: a marker (with its trailing space) is a substring of the already lower-cased text."""
+    return any(marker in lowered for marker in CONCLUSION_MARKERS)
 
 
-def last_sentence(text: str) -> str:
-    sentences = [part for part in _SENTENCE_END.split(text.strip()) if part.strip()]
-    return sentences[-1] if sentences else ""
+def last_sentence(informative: str) -> str:
+    """The release's last sentence: the last piece after splitting the stripped, lower-cased text on '. '."""
+    return informative.strip().lower().split(". ")[-1]
+
+
+def conclusion_rule(task: SynthesizedTask) -> Rule:
+    if concludes(last_sentence(task.informative)):
+        return "informative_only"
+    if concludes(task.precise.lower()):
+        return "informative_then_precise"
+    return "cot_template"
+
+
+def _fields(task: SynthesizedTask, rule: Rule) -> dict[str, str]:
+    if rule == "cot_template":
+        return {"question": task.question, "reasoning": task.informative, "answer": task.precise}
+    answer = task.informative if rule == "informative_only" else f"{task.informative} {task.precise}"
+    return {"question": task.question, "answer": answer}
 
 
 def compose(task: SynthesizedTask, seed: int) -> Composition:
-    """The chain-of-thought response for ``task``."""
-    informative, precise = task.informative.strip(), task.precise.strip()
-    if concludes(last_sentence(informative)):
-        return Composition(response=informative, rule="informative_only", template=None, seed=seed)
-    if concludes(precise):
-        joined = f"{informative} {precise}"
-        return Composition(response=joined, rule="informative_then_precise", template=None, seed=seed)
-    index = random.Random(seed).randrange(len(COT_TEMPLATES))
-    # The templates end with their own punctuation; a precise answer's final period would double it.
-    response = COT_TEMPLATES[index].format(informative=informative, precise=precise.rstrip("."))
-    return Composition(response=response, rule="cot_template", template=index, seed=seed)
+    """The training exchange for ``task``: the rule decides the fields and the pattern list, the seed the pattern."""
+    rule = conclusion_rule(task)
+    patterns, weights = (COT_PATTERNS, _COT_WEIGHTS) if rule == "cot_template" else (BASIC_PATTERNS, _BASIC_WEIGHTS)
+    index = random.Random(seed).choices(range(len(patterns)), cum_weights=weights)[0]
+    pattern: Pattern = patterns[index]
+    fields = _fields(task, rule)
+    # str.format reads the braces of the template only, so braces in the task's texts stay as they are.
+    return Composition(user=pattern.user.format(**fields), response=pattern.assistant.format(**fields), rule=rule,
+                       kind=pattern.kind, template=index, seed=seed)

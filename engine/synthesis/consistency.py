@@ -2,7 +2,8 @@
 
 A text-only LLM (the paper: a Llama-3-8B base model, greedy, 2 new tokens) reads a few-shot prompt and labels each task
 Yes (consistent), No (inconsistent) or Open (open-ended: a description, an explanation, background knowledge). Only Yes
-is kept. The prompt and its examples are this project's own.
+is kept, and as released only an output that is exactly "yes" once stripped and lower-cased reads as Yes. The prompt
+and its examples are this project's own.
 
 ``lexical_label`` is a cheap stand-in needing no model, for a pre-filter and the CPU demo. It is a heuristic, not the
 paper's judge: it checks word overlap, not meaning, so paraphrases ("CT" vs "computed tomography") read as No and an
@@ -118,9 +119,13 @@ def consistency_prompt(task: SynthesizedTask) -> str:
 _WORD = re.compile(r"[a-z]+")
 
 
-def parse_label(text: str) -> Label | None:
-    """The first label word in the judge's output (any case, punctuation or surrounding words), else None."""
-    return next((word for word in _WORD.findall(text.lower()) if word in LABELS), None)
+def parse_label(text: str, lenient: bool = False) -> Label | None:
+    """The judge's label. As released: the output stripped and lower-cased, when it is exactly a label ("Yes." is
+    none). ``lenient``: the first label word anywhere in it (any case, punctuation or surrounding words)."""
+    if lenient:
+        return next((word for word in _WORD.findall(text.lower()) if word in LABELS), None)
+    label = text.strip().lower()
+    return label if label in LABELS else None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from engine.models.backends import GenerationRequest, create_backend
 from engine.models.loading import raw_prompt_begin
 from engine.synthesis.consistency import (
     JUDGE_MAX_TOKENS,
+    JUDGE_TEMPERATURE,
     Verdict,
     consistency_prompt,
     lexical_label,
@@ -35,8 +36,9 @@ def _record(row: dict[str, Any], judge: str, outcome: Verdict) -> None:
 
 
 class LLMJudge(RowStep):
-    def __init__(self, engine: EngineConfig):
+    def __init__(self, engine: EngineConfig, lenient_label: bool = False):
         self._engine = engine
+        self._lenient_label = lenient_label
         self._begin = raw_prompt_begin(engine)
         self._backend = create_backend(engine)
 
@@ -46,8 +48,8 @@ class LLMJudge(RowStep):
             GenerationRequest(
                 prompt=self._begin + consistency_prompt(_task(row)),
                 images=[],
-                max_tokens=min(self._engine.max_tokens, JUDGE_MAX_TOKENS),
-                temperature=self._engine.temperature,
+                max_tokens=min(self._engine.max_tokens or JUDGE_MAX_TOKENS, JUDGE_MAX_TOKENS),
+                temperature=JUDGE_TEMPERATURE,  # greedy, as released (the config refuses another temperature)
             )
             for row in todo
         ]
@@ -56,7 +58,7 @@ class LLMJudge(RowStep):
             if result.error is not None:
                 row.update(filter=self._engine.model, kept=False, drop_reason=JUDGE_FAILED)
             else:
-                _record(row, self._engine.model, verdict(parse_label(result.text)))
+                _record(row, self._engine.model, verdict(parse_label(result.text, self._lenient_label)))
 
 
 class LexicalJudge(RowStep):

@@ -1,19 +1,24 @@
 """Read tasks back from the synthesizer's raw output.
 
 The output continues an open user turn (see ``prompts``), with special tokens kept: a question, the end-of-turn token,
-an assistant header, an answer, the end-of-turn token, a user header, and so on. The family's turn delimiters split it
-into turns; complete user turns followed by complete assistant turns form question-answer pairs; a user turn carries a
-hint ("Answer with a precise response." / "Answer with an informative response.") before (or, tolerated, after) its
-question.
+an assistant header, an answer, the end-of-turn token, a user header, and so on. A user turn carries a hint line
+("Answer with a precise response." / "Answer with an informative response.") and a question.
 
 The rule (AdaMLLM): the first question to have appeared under both hints becomes the one task (question, precise
 answer, informative answer). "First" is in order of completion: the task is fixed at the earliest turn where some
-question has been answered under both hints. Questions are matched after collapsing whitespace and case. When a
-question is repeated under the same hint, its first answer counts.
+question has been answered under both hints.
 
-Tolerated: a prompt echoed before the output, any number of QA turns, hints in either order or on the question's other
-side, a missing hint, a truncated last turn (a turn without its end token is dropped), stray or unknown special tokens
-(removed from the text), whitespace differences around hints and turns.
+Two readers of the same rule:
+- ``parse_release`` (the default) is the release's parser on the family's delimiters: the output is split on the exact
+  user header; its last piece is dropped unless the output ends with the end-of-turn token; a piece counts only when
+  it splits into exactly two on end-of-turn + assistant header, its answer loses its last len(end-of-turn) characters
+  (the end token, unchecked) and both sides are stripped and non-empty; a question counts only when it starts with
+  the exact hint line (hint + newline); questions match only when identical, and a question repeated under one hint
+  keeps its LAST answer.
+- ``parse_lenient`` (``synthesis.lenient_parse``): tolerates a prompt echoed before the output, hints in any case or
+  spacing, on the question's other side or with a colon, questions differing in case or spacing (matched as one), a
+  truncated last turn (a turn without its end token is dropped, the complete ones count), stray or unknown special
+  tokens (removed from the text); a repeated question keeps its FIRST answer.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ Hint = Literal["precise", "informative"]
 EMPTY_OUTPUT = "empty_output"
 NO_COMPLETE_QA_TURN = "no_complete_qa_turn"
 NO_QUESTION_UNDER_BOTH_HINTS = "no_question_under_both_hints"
+
+# The release's test: the user turn starts with the hint and a newline, exactly.
+PRECISE_LINE = f"{PRECISE_HINT}\n"
+INFORMATIVE_LINE = f"{INFORMATIVE_HINT}\n"
 
 # Any `<|...|>` token of the Llama-3 and ChatML vocabularies, known or not; stripped from the text of a turn.
 _SPECIAL_TOKEN = re.compile(r"<\|[^|<>\s]{1,64}\|>")
@@ -71,6 +80,60 @@ class Turn:
     role: str
     text: str
     complete: bool
+
+
+def _task(question: str, precise: str, informative: str, pairs: int) -> ParseResult:
+    return ParseResult(tasks=(SynthesizedTask(question, precise, informative),), reason=None, qa_pairs=pairs)
+
+
+def _no_task(output: str, pairs: int) -> ParseResult:
+    if not output.strip():
+        return ParseResult(tasks=(), reason=EMPTY_OUTPUT)
+    return ParseResult(tasks=(), reason=NO_COMPLETE_QA_TURN if not pairs else NO_QUESTION_UNDER_BOTH_HINTS,
+                       qa_pairs=pairs)
+
+
+# ---- the release's parser
+
+
+def release_qa_pairs(output: str, family: ModelFamily | str = "llava-llama3") -> list[tuple[str, str]]:
+    """(question text, answer) pairs, split exactly as the release splits them (see the module docstring)."""
+    family = get_family(family)
+    pieces = output.split(family.header("user"))
+    if not output.endswith(family.turn_end):
+        pieces = pieces[:-1]  # the last turn may be cut short
+    answer_start = family.turn_end + family.header("assistant")
+    pairs = []
+    for piece in pieces:
+        parts = piece.split(answer_start)
+        if len(parts) != 2:
+            continue
+        question, answer = parts[0].strip(), parts[1][: -len(family.turn_end)].strip()
+        if question and answer:
+            pairs.append((question, answer))
+    return pairs
+
+
+def parse_release(output: str, family: ModelFamily | str = "llava-llama3") -> ParseResult:
+    """The task (if any) in one synthesizer output, read as the release reads it."""
+    pairs = release_qa_pairs(output, family)
+    precise: dict[str, str] = {}
+    informative: dict[str, str] = {}
+    for text, answer in pairs:
+        if text.startswith(PRECISE_LINE):
+            question = text[len(PRECISE_LINE):]
+            if question in informative:
+                return _task(question, answer, informative[question], len(pairs))
+            precise[question] = answer  # a repeated question: the last answer wins
+        elif text.startswith(INFORMATIVE_LINE):
+            question = text[len(INFORMATIVE_LINE):]
+            if question in precise:
+                return _task(question, precise[question], answer, len(pairs))
+            informative[question] = answer
+    return _no_task(output, len(pairs))
+
+
+# ---- the lenient parser
 
 
 def split_turns(output: str, family: ModelFamily | str = "llava-llama3") -> list[Turn]:
@@ -119,13 +182,9 @@ def _question_key(question: str) -> str:
     return " ".join(question.split()).casefold()
 
 
-def parse_synthesizer_output(output: str, family: ModelFamily | str = "llava-llama3") -> ParseResult:
-    """The task (if any) in one synthesizer output, by the first-question-under-both-hints rule."""
-    if not _SPECIAL_TOKEN.sub("", output).strip():
-        return ParseResult(tasks=(), reason=EMPTY_OUTPUT)
+def parse_lenient(output: str, family: ModelFamily | str = "llava-llama3") -> ParseResult:
+    """The task (if any) in one synthesizer output, read with the tolerances of the module docstring."""
     pairs = qa_pairs(split_turns(output, family))
-    if not pairs:
-        return ParseResult(tasks=(), reason=NO_COMPLETE_QA_TURN)
     answers: dict[str, dict[Hint, str]] = {}
     questions: dict[str, str] = {}
     for user_text, answer in pairs:
@@ -137,6 +196,11 @@ def parse_synthesizer_output(output: str, family: ModelFamily | str = "llava-lla
         questions.setdefault(key, question)
         answers.setdefault(key, {}).setdefault(hint, answer)
         if len(answers[key]) == len(_HINTS):
-            task = SynthesizedTask(questions[key], answers[key]["precise"], answers[key]["informative"])
-            return ParseResult(tasks=(task,), reason=None, qa_pairs=len(pairs))
-    return ParseResult(tasks=(), reason=NO_QUESTION_UNDER_BOTH_HINTS, qa_pairs=len(pairs))
+            return _task(questions[key], answers[key]["precise"], answers[key]["informative"], len(pairs))
+    return _no_task(_SPECIAL_TOKEN.sub("", output), len(pairs))
+
+
+def parse_synthesizer_output(output: str, family: ModelFamily | str = "llava-llama3",
+                             lenient: bool = False) -> ParseResult:
+    """The task (if any) in one synthesizer output: the release's reading, or the lenient one."""
+    return (parse_lenient if lenient else parse_release)(output, family)

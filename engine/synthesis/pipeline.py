@@ -7,7 +7,8 @@ Every step maps a batch of working rows to the same rows (rows.py), so all of th
 never holds the data. Resume is Ray Data's own checkpointing, keyed on `row_key` (shard + position, unique and stable):
 a restarted run reads the committed row keys and filters them out at read time, and Ray's two-phase commit removes the
 files of blocks that were being written when the job died. When the stream ends, `finalize` projects the rows onto
-instructions/, tasks/ and quarantine/ (one Ray task per rows file) and writes manifest.json.
+instructions/, tasks/ and quarantine/ (one Ray task per group of rows files, into files of about 128 MiB) and writes
+manifest.json; the rows then lose their image bytes (the published sets hold them).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.checkpoint import CheckpointConfig
 
-from engine.config import ConfigError, EngineConfig, RunConfig
+from engine.config import ConfigError, EngineConfig, RunConfig, speed_only_fields
 from engine.io.images import ImageLimits
 from engine.io.ray_datasource import CaptionShardDatasource
 from engine.io.run_dir import CHECKPOINT, INSTRUCTIONS, ROWS, SYNTHESIS, TUNING, RunDir, arrow_location
+from engine.io.sinks import write_parquet
 from engine.io.sources import dataset_root, list_shards
 from engine.io.validation import validate_row
 from engine.models.loading import check_hub_models
@@ -39,10 +41,10 @@ from engine.synthesis.judge import LexicalJudge, LLMJudge
 from engine.synthesis.rows import WORK_SCHEMA, RowStep
 from engine.synthesis.synthesizer import ModelSynthesizer, RuleBasedSynthesizer
 
+# Published Parquet files of about this size: a set has (bytes / this) files whatever the block size of the stream, few
+# enough for object stores and data loaders, and a task's working memory stays a small multiple of it.
+PUBLISHED_FILE_BYTES = 128 * 2**20
 PUBLISHED_SETS = {INSTRUCTIONS: outputs.to_examples, "tasks": outputs.to_tasks, "quarantine": outputs.to_quarantine}
-# Engine fields that change how fast a run goes, not what it writes: a resumed run may change them.
-RESOURCE_FIELDS = {"concurrency", "num_cpus", "num_gpus", "batch_size", "cpu_threads_bind", "kv_cache_gib", "resources",
-                   "enforce_eager", "gpu_memory_utilization"}
 
 
 class ValidateRows(RowStep):
@@ -62,7 +64,7 @@ def synthesis_fingerprint(config: RunConfig) -> str:
     for section in ("synthesis", "filter"):
         if sections[section].get("engine"):
             sections[section]["engine"] = {k: v for k, v in sections[section]["engine"].items()
-                                           if k not in RESOURCE_FIELDS}
+                                           if k not in speed_only_fields(EngineConfig)}
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -81,26 +83,55 @@ def build_dataset(config: RunConfig, shards: list[str], root: str) -> ray.data.D
     ds = ray.data.read_datasource(CaptionShardDatasource(shards, data.format, root, filesystem=filesystem))
     ds = ds.map_batches(ValidateRows(root, limits, data.max_caption_chars), batch_format="pyarrow")
     if synthesis.synthesizer == "model":
-        ds = _model_step(ds, ModelSynthesizer, synthesis.engine, prompt_format=synthesis.prompt_format)
+        ds = _model_step(ds, ModelSynthesizer, synthesis.engine, prompt_format=synthesis.prompt_format,
+                         lenient_parse=synthesis.lenient_parse)
     else:
         ds = ds.map_batches(RuleBasedSynthesizer(synthesis.seed), batch_format="pyarrow")
     if filtering.enabled and filtering.judge == "llm":
-        ds = _model_step(ds, LLMJudge, filtering.engine)
+        ds = _model_step(ds, LLMJudge, filtering.engine, lenient_label=filtering.lenient_label)
     elif filtering.enabled:
         ds = ds.map_batches(LexicalJudge(), batch_format="pyarrow")
-    return ds.map_batches(BuildExamples(config.seed, filtering.enabled), batch_format="pyarrow")
+    build = BuildExamples(synthesis.seed, filtering.enabled, synthesis.keep_pairs_without_task)
+    return ds.map_batches(build, batch_format="pyarrow")
 
 
 # A whole CPU each: at a fraction, Ray starts a worker process per task beyond its idle pool, so a run with many row
 # files would start dozens of Python processes at once and its memory would grow with the data.
 @ray.remote(num_cpus=1)
-def _publish(rows_file: str, out: str, fs: fsspec.AbstractFileSystem, duplicates: set[str]) -> None:
-    rows = outputs.mark_duplicates(pq.read_table(rows_file, filesystem=fs), duplicates)
-    stem = rows_file.rsplit("/", 1)[-1]
+def _publish(rows_files: list[str], out: str, fs: fsspec.AbstractFileSystem, duplicates: set[str]) -> None:
+    """One file of each published set from a group of rows files, named after the group's first."""
+    rows = pa.concat_tables([outputs.mark_duplicates(pq.read_table(path, filesystem=fs), duplicates)
+                             for path in rows_files])
+    stem = rows_files[0].rsplit("/", 1)[-1]
     for name, project in PUBLISHED_SETS.items():
         projected = project(rows)
         if len(projected):
             pq.write_table(projected, f"{out}/{name}/{stem}", filesystem=fs)
+
+
+@ray.remote(num_cpus=1)
+def _drop_images(rows_file: str, fs: fsspec.AbstractFileSystem) -> None:
+    """Rewrite a working-rows file without its image bytes once the published sets hold them, so each image is stored
+    once; the rest of each row (what happened to it, and why) stays."""
+    names = [name for name in pq.read_schema(rows_file, filesystem=fs).names if name != "image"]
+    table = pq.read_table(rows_file, columns=names, filesystem=fs)
+    pq.write_table(table, rows_file, filesystem=fs)
+
+
+def file_groups(fs: fsspec.AbstractFileSystem, folder: str, target_bytes: int) -> list[list[str]]:
+    """The folder's Parquet files in name order, in consecutive groups of at least `target_bytes` (the last may be
+    smaller)."""
+    files = sorted((entry for entry in fs.ls(folder, detail=True) if entry["name"].endswith(".parquet")),
+                   key=lambda entry: entry["name"])
+    groups: list[list[str]] = []
+    size = target_bytes
+    for entry in files:
+        if size >= target_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(entry["name"])
+        size += entry["size"]
+    return groups
 
 
 def with_tuned_synthesizer(config: RunConfig) -> RunConfig:
@@ -153,10 +184,12 @@ class SynthesisStage:
             streamed = time.monotonic()
             self.dir.refresh()
             manifest = self.finalize(shards)
-        manifest["rows_processed_this_run"] = manifest["rows_in"] - done_before  # the rest came from a killed run
-        manifest["timings_s"] = {"stream": round(streamed - started, 2),
-                                 "finalize": round(time.monotonic() - streamed, 2)}
-        self.dir.write_manifest(manifest)
+            manifest["rows_processed_this_run"] = manifest["rows_in"] - done_before  # the rest from a killed run
+            manifest["timings_s"] = {"stream": round(streamed - started, 2),
+                                     "finalize": round(time.monotonic() - streamed, 2)}
+            self.dir.write_manifest(manifest)
+            # Only now: a finalize killed before the manifest runs again from the rows, images included.
+            ray.get([_drop_images.remote(path, self.fs) for path in self.fs.glob(self.dir.path(ROWS, "*.parquet"))])
         print(self.summary(manifest), file=sys.stderr)
         return manifest
 
@@ -184,15 +217,16 @@ class SynthesisStage:
         for name in PUBLISHED_SETS:
             self.dir.remove(name)
             self.fs.makedirs(self.dir.path(name), exist_ok=True)
-        # One Ray task per rows file (Ray Data wrote one per block): three projections from one read, in parallel.
-        rows_files = sorted(self.fs.glob(f"{rows_dir}/*.parquet"))
+        # One Ray task per group of rows files (Ray Data wrote one per block, a few hundred rows each): three
+        # projections from one read, in parallel, into files of about PUBLISHED_FILE_BYTES.
         duplicates_ref = ray.put(duplicates)
-        ray.get([_publish.remote(path, self.dir.root, self.fs, duplicates_ref) for path in rows_files])
+        ray.get([_publish.remote(group, self.dir.root, self.fs, duplicates_ref)
+                 for group in file_groups(self.fs, rows_dir, PUBLISHED_FILE_BYTES)])
         self.dir.refresh()
         for name, project in PUBLISHED_SETS.items():
             if not self.fs.glob(self.dir.path(name, "*.parquet")):  # keep every set loadable, even when empty
                 empty = project(pa.Table.from_pylist([], schema=WORK_SCHEMA))
-                pq.write_table(empty, self.dir.path(name, "empty.parquet"), filesystem=self.fs)
+                write_parquet(empty, self.dir.path(name, "empty.parquet"), self.fs)
         config = self.config
         return {
             "status": "complete",
@@ -213,7 +247,8 @@ class SynthesisStage:
         kept = manifest["tasks_kept"] / manifest["tasks_synthesized"] if manifest["tasks_synthesized"] else 0.0
         return (
             f"synthesis: {processed} rows in {stream_s:.1f} s ({processed / stream_s:.2f} rows/s){resumed}; "
-            f"{manifest['rows_out']} examples, {sum(manifest['rows_quarantined'].values())} quarantined; "
+            f"{manifest['rows_out']} examples, {sum(manifest['rows_dropped'].values())} dropped (no task), "
+            f"{sum(manifest['rows_quarantined'].values())} quarantined; "
             f"{manifest['tasks_synthesized']} tasks synthesized, {manifest['tasks_kept']} kept ({kept:.0%})"
         )
 

@@ -42,6 +42,10 @@ MAX_NEW_TOKENS = 512
 TEMPERATURE = 0.0
 
 
+# Stands in for the caption while the family renders the turns; no text holds it (NUL characters).
+_CAPTION_SLOT = "\x00caption\x00"
+
+
 def synthesizer_messages(caption: str) -> list[dict[str, str]]:
     """The caption exchange the synthesizer continues from."""
     return [
@@ -51,8 +55,12 @@ def synthesizer_messages(caption: str) -> list[dict[str, str]]:
 
 
 def synthesizer_prompt(caption: str, family: ModelFamily | str = "llava-llama3") -> str:
-    """The full prompt text for one caption, ending in an open user turn."""
-    return render(family, synthesizer_messages(caption), open_user_turn=True)
+    """The full prompt text for one caption, ending in an open user turn.
+
+    The caption goes in verbatim, as the release sends it: rendering would turn an ``<image>`` written in a caption
+    into a second image token (with one image to fill it), so the turns are rendered around a slot and the caption
+    is put in the slot afterwards."""
+    return render(family, synthesizer_messages(_CAPTION_SLOT), open_user_turn=True).replace(_CAPTION_SLOT, caption)
 
 
 def synthesizer_stop(family: ModelFamily | str = "llava-llama3") -> tuple[str, ...]:

@@ -1,8 +1,10 @@
 """The working row of the synthesis pipeline: one per input record, carried through every step and written once.
 
-A row is either quarantined (`problem_reason` set, with the step that refused it) or becomes one training example
+A row is either quarantined (`problem_reason` set, with the step that refused it), dropped (usable but without a
+task, as the release drops such pairs: no `messages`, `task_reason` says why), or becomes one training example
 (`messages`, `kind`). Its candidate task (`question`/`precise`/`informative`), or `task_reason` saying why it has none,
-and the judge's verdict travel with it, so one Parquet row records everything that happened to one input. The final
+the judge's verdict and what compose made of it (`compose_rule`, `task_kind`) travel with it, so one Parquet row records
+everything that happened to one input. The final
 instructions/, tasks/ and quarantine/ sets are projections of these rows (see pipeline.finalize).
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from engine.io.sources import RAW_SCHEMA
-from engine.records import LINEAGE_FIELDS, MESSAGE_TYPE
+from engine.records import COMPOSE_FIELDS, LINEAGE_FIELDS, MESSAGE_TYPE
 
 WORK_SCHEMA = pa.schema(
     [
@@ -32,6 +34,7 @@ WORK_SCHEMA = pa.schema(
         pa.field("drop_reason", pa.string()),
         pa.field("messages", pa.list_(MESSAGE_TYPE)),
         pa.field("kind", pa.string()),
+        *COMPOSE_FIELDS,
         *(field for field in LINEAGE_FIELDS if field.name not in RAW_SCHEMA.names),  # `shard` is already there
     ]
 )

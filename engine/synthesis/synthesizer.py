@@ -2,7 +2,7 @@
 
 ModelSynthesizer holds an inference engine, so Ray runs it as an actor pool; the constructor loads the model once per
 actor. A failed request or an output with no usable task leaves the row without a task and says why (`task_reason`);
-the row still yields its caption example.
+compose then drops the row, as the release drops such pairs (or keeps its caption example: `keep_pairs_without_task`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from engine.config import EngineConfig
 from engine.models.backends import GenerationRequest, create_backend
 from engine.models.loading import engine_chat_format
 from engine.synthesis.parsing import ParseResult, parse_synthesizer_output
-from engine.synthesis.prompts import PROMPT_VERSION, synthesizer_prompt, synthesizer_stop
+from engine.synthesis.prompts import MAX_NEW_TOKENS, PROMPT_VERSION, synthesizer_prompt, synthesizer_stop
 from engine.synthesis.rows import RowStep, is_usable, row_seed
 from engine.synthesis.rule_based import rule_based_task
 
@@ -34,10 +34,11 @@ def _record_parse(row: dict[str, Any], result: ParseResult) -> None:
 
 
 class ModelSynthesizer(RowStep):
-    def __init__(self, engine: EngineConfig, prompt_format: str):
+    def __init__(self, engine: EngineConfig, prompt_format: str, lenient_parse: bool = False):
         family = ADAMLLM_FAMILY if prompt_format == "adamllm" else engine.family
         self._family = engine_chat_format(engine, family).family
         self._engine = engine
+        self._lenient_parse = lenient_parse
         self._backend = create_backend(engine)
         self._prompt_version = PROMPT_VERSION if prompt_format == "adamllm" else f"{PROMPT_VERSION}+{family}"
 
@@ -45,7 +46,7 @@ class ModelSynthesizer(RowStep):
         return GenerationRequest(
             prompt=synthesizer_prompt(row["caption"], self._family),
             images=[Image.open(io.BytesIO(row["image"]))],
-            max_tokens=self._engine.max_tokens,
+            max_tokens=self._engine.max_tokens or MAX_NEW_TOKENS,
             temperature=self._engine.temperature,
             stop=list(synthesizer_stop(self._family)),
             keep_special_tokens=True,  # turns are split on the family's special tokens
@@ -61,7 +62,7 @@ class ModelSynthesizer(RowStep):
             if result.error is not None:
                 row.update(task_reason=GENERATION_FAILED, task_detail=result.error)
             else:
-                _record_parse(row, parse_synthesizer_output(result.text, self._family))
+                _record_parse(row, parse_synthesizer_output(result.text, self._family, self._lenient_parse))
 
 
 class RuleBasedSynthesizer(RowStep):

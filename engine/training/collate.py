@@ -10,8 +10,9 @@ family's format writes, the format writes the processor's.
 Labels. While rendering, the character spans that carry loss are recorded:
 - post-training (``loss_from`` None): each assistant turn's content and its end-of-turn token, so the model learns to
   stop (the layout newline ChatML writes after ``<|im_end|>`` is never generated, so it is not labelled);
-- synthesizer tuning (``loss_from`` = k): everything after the header of message k, user turns and headers included,
-  plus the end-of-text token appended at the end: the synthesizer writes all of it and stops where synthesis stops.
+- synthesizer tuning (``loss_from`` = k): everything from message k on, its own header included (as in the release's
+  tuning, whose first QA round starts at that user header), later headers and user turns included, plus the
+  end-of-text token appended at the end: the synthesizer writes all of it and stops where synthesis stops.
 The unexpanded text is tokenized with offsets, a token is labelled when it lies inside a span, and the labels are
 carried over to the processor's expanded ids run by run (an image-token run maps to a longer run, never labelled).
 
@@ -71,7 +72,7 @@ def render_with_spans(family: ModelFamily | str, messages: Sequence[Mapping[str,
     if loss_from is not None:
         if not 0 < loss_from < len(messages):
             raise ValueError(f"loss_from {loss_from} is outside the conversation's {len(messages)} messages")
-        start = ends[loss_from - 1] + len(family.header(messages[loss_from]["role"]))
+        start = ends[loss_from - 1]
         text += family.end_of_text
         return Rendered(text, [(start, len(text))])
     layout = len(family.turn_end) - len(family.end_of_turn)  # whitespace written after the end-of-turn token

@@ -1,7 +1,7 @@
 """The training stage on Ray Train + DeepSpeed: post-training (`training.task: target`) or synthesizer tuning
 (`training.task: synthesizer`), resumable.
 
-    driver: TrainingStage.run                         each Ray Train worker: Recipe(...).run()
+    driver: TrainingStage.run                         each Ray Train worker: TrainWorker(...).run()
       count the examples of each phase, plan steps      load processor + model; deepspeed.initialize (ZeRO from the
       Ray Data: Parquet -> mixture phases (flat_map)      JSON, per-group learning rates, warm-up + cosine per phase)
       TorchTrainer(one worker per GPU, or CPU workers)  restore from ray.train.get_checkpoint()
@@ -9,8 +9,10 @@
                                                           accumulate to the global batch -> step -> log / checkpoint
                                                         export the HF model folder (rank 0 writes)
 
-The two recipes differ only in their data (``target_phases``, ``synthesizer_phases``): which rows, which mixture
-phases, where the loss goes (``engine.training.mixture``). Everything after the phases is shared.
+The two tasks differ only in their data (``target_phases``, ``synthesizer_phases``): which rows, which mixture
+phases, where the loss goes (``engine.training.mixture``). Everything after the phases is shared: the plan and
+schedule (``engine.training.schedule``), the optimizer groups and DeepSpeed config (``engine.training.optim``), the
+metrics file (``engine.training.metrics_log``).
 
 Steps: each phase trains whole global batches (epochs x examples // global_batch_size, or a share of max_steps); when
 the collator drops examples, a pass over the data gives fewer steps and the next pass fills the rest, so the learning
@@ -19,6 +21,9 @@ rate schedule always ends where it was planned. Workers agree on every step (an 
 Layout in {output_dir}/training/: checkpoints/ (Ray Train's storage: one folder per checkpoint holding DeepSpeed's files
 from every worker and each worker's data position), model/ (the HF model folder), metrics.csv, run.json (the
 fingerprint of the config that owns the folder) and manifest.json (written last: the stage is complete).
+
+A worker that dies (its process, or the node under it) restarts the worker group within the same run, up to
+`training.max_failures` times, and the new workers resume from the latest checkpoint as below.
 
 Resume: run the same command again. Ray Train finds the latest checkpoint under checkpoints/ and each worker restores
 from it. Exact: the step count, weights, optimizer and learning-rate schedule (DeepSpeed's checkpoint), and the data
@@ -32,14 +37,11 @@ or changing num_workers changes the order (a different num_workers cannot load t
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import itertools
 import json
-import math
 import random
-import re
 import sys
 import tempfile
 import time
@@ -55,152 +57,23 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from fsspec.implementations.local import LocalFileSystem
 from ray.data import FileShuffleConfig
 from ray.train.torch import TorchTrainer
 
-from engine.config import ConfigError, RunConfig, TrainingConfig, is_url
+from engine.config import ConfigError, RunConfig, TrainingConfig, is_url, speed_only_fields
 from engine.io.run_dir import CHECKPOINTS, METRICS, MODEL, TRAINING, TUNING, RunDir, arrow_location
 from engine.models.loading import check_hub_models, load_model, load_processor
 from engine.runtime import ray_session
 from engine.training import mixture
 from engine.training.collate import DROP_REASONS, TRUNCATED, Collator
 from engine.training.export import gather_weights, save_model_folder
+from engine.training.metrics_log import MetricsLog, read_metrics
+from engine.training.optim import deepspeed_config, parameter_groups
+from engine.training.schedule import Phase, Plan, lr_multiplier, plan_training
 
 DEEPSPEED_TAG = "deepspeed"
 # Rows a worker shuffles locally before batching: mixes neighbouring examples without a global shuffle's cost.
 SHUFFLE_BUFFER_ROWS = 256
-# Training fields that change how fast or how observably a run goes, not what it trains.
-RESOURCE_FIELDS = {"cpus_per_worker", "worker_resources", "checkpoint_every", "log_every"}
-METRIC_COLUMNS = ("step", "phase", "epoch", "loss", "lr", "vision_lr", "grad_norm", "samples", "tokens",
-                  "samples_per_s", "tokens_per_s", "elapsed_s", "truncated", "dropped", "data_crc")
-
-# The vision encoder's parameters per family (full names); the projector counts with the language model, as in the
-# paper's recipes (LLaVA: vision tower 2e-6, projector and LLM 2e-5). Qwen2-VL's projector is the merger inside
-# `visual`.
-VISION_ENCODER = {
-    "qwen2-vl": re.compile(r"(^|\.)visual\.(?!merger\.)"),
-    "llava-llama3": re.compile(r"(^|\.)vision_tower\."),
-    "llava-hf-llama3": re.compile(r"(^|\.)vision_tower\."),
-    "mllama": re.compile(r"(^|\.)vision_model\."),
-}
-
-
-# ------------------------------------------------------------------------------------------------------------ the plan
-
-
-@dataclasses.dataclass(frozen=True)
-class Phase:
-    """A stretch of training over one data set: `steps` optimizer steps starting at global step `start`."""
-
-    name: str
-    examples: int
-    steps: int
-    start: int
-
-    @property
-    def end(self) -> int:
-        return self.start + self.steps
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """The phases in training order; the driver computes it once and every worker follows it."""
-
-    phases: tuple[Phase, ...]
-    accumulation: int  # micro-batches per worker per optimizer step
-    warmup_ratio: float
-
-    @property
-    def total_steps(self) -> int:
-        return self.phases[-1].end
-
-    def phase_of(self, step: int) -> Phase:
-        return next((phase for phase in self.phases if step < phase.end), self.phases[-1])
-
-
-def plan_training(counts: dict[str, int], training: TrainingConfig, num_workers: int) -> Plan:
-    """Steps per phase: whole global batches per epoch times the epochs, or `max_steps` shared among the phases in
-    proportion to their size. A last partial batch is left out, so every worker always has a full step."""
-    per_epoch = {name: examples // training.global_batch_size for name, examples in counts.items()}
-    for name, steps in per_epoch.items():
-        if steps == 0:
-            raise ConfigError(f"training.global_batch_size: phase {name!r} has {counts[name]} examples, fewer than "
-                              f"one global batch ({training.global_batch_size})")
-    if training.max_steps:
-        total = sum(per_epoch.values())
-        steps = [training.max_steps * size // total for size in per_epoch.values()]
-        steps[-1] += training.max_steps - sum(steps)
-    else:
-        steps = [size * training.epochs for size in per_epoch.values()]
-    phases, start = [], 0
-    for (name, examples), count in zip(counts.items(), steps):
-        phases.append(Phase(name, examples, count, start))
-        start += count
-    accumulation = training.global_batch_size // (num_workers * training.micro_batch_size)
-    return Plan(tuple(phases), accumulation, training.warmup_ratio)
-
-
-def lr_multiplier(step: int, plan: Plan) -> float:
-    """Share of the peak learning rate for optimizer step `step` (0-based): in each phase a linear warm-up over
-    `warmup_ratio` of its steps, then cosine decay towards 0 (each phase of two-stage training has its own)."""
-    phase = plan.phase_of(step)
-    done = step - phase.start
-    warmup = math.ceil(plan.warmup_ratio * phase.steps)
-    if done < warmup:
-        return (done + 1) / warmup
-    progress = min(1.0, (done - warmup) / max(1, phase.steps - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# ------------------------------------------------------------------------------------------ optimizer and DeepSpeed
-
-
-def parameter_groups(model: torch.nn.Module, training: TrainingConfig) -> list[dict[str, Any]]:
-    """AdamW groups: vision encoder vs projector + language model (own learning rates), and within each, weights
-    (decayed) vs biases and norm scales (not decayed, the usual AdamW practice)."""
-    vision = VISION_ENCODER.get(training.family)
-    learning_rates = {"vision": training.vision_learning_rate or training.learning_rate,
-                      "language": training.learning_rate}
-    grouped: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        part = "vision" if vision is not None and vision.search(name) else "language"
-        decayed = parameter.ndim >= 2
-        grouped.setdefault((part, decayed), []).append(parameter)
-    return [
-        {"params": params, "lr": learning_rates[part], "weight_decay": training.weight_decay if decayed else 0.0,
-         "part": part}
-        for (part, decayed), params in grouped.items()
-    ]
-
-
-def deepspeed_config(training: TrainingConfig, num_workers: int) -> dict[str, Any]:
-    """The JSON's ZeRO, clipping and communication settings, with batch sizes, precision and the optimizer from the
-    training section (the learning rate schedule is ours: see lr_multiplier)."""
-    with fsspec.open(training.deepspeed_config) as file:
-        config = json.load(file)
-    config.update(
-        train_batch_size=training.global_batch_size,
-        train_micro_batch_size_per_gpu=training.micro_batch_size,
-        gradient_accumulation_steps=training.global_batch_size // (num_workers * training.micro_batch_size),
-        bf16={"enabled": training.precision == "bf16"},
-        fp16={"enabled": False},
-        optimizer={
-            "type": "AdamW",
-            "params": {
-                "lr": training.learning_rate,
-                "betas": [0.9, 0.999],
-                "eps": 1e-8,
-                "weight_decay": training.weight_decay,
-                # torch's AdamW unless asked otherwise: DeepSpeed's FusedAdam JIT-compiles a CUDA kernel when the
-                # first worker starts, which needs a CUDA toolkit matching torch's in the image (and fails on CPU).
-                "torch_adam": not (training.use_gpu and training.fused_adam),
-            },
-        },
-    )
-    return config
 
 
 # -------------------------------------------------------------------------------------------------- worker state
@@ -220,40 +93,6 @@ def position_file(rank: int) -> str:
     return f"position-rank{rank}.json"
 
 
-class MetricsLog:
-    """metrics.csv, written by rank 0. On resume the rows after the checkpoint's step are dropped first, since those
-    steps are trained again."""
-
-    def __init__(self, url: str, resume_step: int):
-        self.fs, self.path = fsspec.core.url_to_fs(url)
-        rows = [row for row in read_metrics(url) if int(row["step"]) <= resume_step] if resume_step else []
-        self.rows = rows
-        self._write_all()
-
-    def append(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        if isinstance(self.fs, LocalFileSystem):
-            with self.fs.open(self.path, "a") as file:
-                csv.DictWriter(file, METRIC_COLUMNS).writerow(row)
-        else:  # object stores cannot append: rewrite the (small) file
-            self._write_all()
-
-    def _write_all(self) -> None:
-        self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
-        with self.fs.open(self.path, "w") as file:
-            writer = csv.DictWriter(file, METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-
-
-def read_metrics(url: str) -> list[dict[str, str]]:
-    fs, path = fsspec.core.url_to_fs(url)
-    if not fs.exists(path):
-        return []
-    with fs.open(path, "r") as file:
-        return list(csv.DictReader(file))
-
-
 @dataclasses.dataclass
 class Interval:
     """What happened since the last metrics row (rank 0 sums the all-reduced numbers of each step)."""
@@ -269,10 +108,10 @@ class Interval:
     rates: dict[str, float] = dataclasses.field(default_factory=dict)  # learning rates of the last step, by part
 
 
-# ---------------------------------------------------------------------------------------------------- the recipe
+# ------------------------------------------------------------------------------------------------------ the worker
 
 
-class Recipe:
+class TrainWorker:
     """What one Ray Train worker does: set up, restore, train the phases, checkpoint, export."""
 
     def __init__(self, args: dict[str, Any]):
@@ -493,10 +332,10 @@ class Recipe:
 
 
 def train_loop_per_worker(args: dict[str, Any]) -> None:
-    Recipe(args).run()
+    TrainWorker(args).run()
 
 
-# ---------------------------------------------------------------------------------------------- the two recipes' data
+# ------------------------------------------------------------------------------------------------ the two tasks' data
 
 
 def read_parquet(url: str, columns: list[str], seed: int) -> ray.data.Dataset:
@@ -551,12 +390,13 @@ def target_phases(training: TrainingConfig, dataset: str, seed: int) -> tuple[di
 
 
 def synthesizer_phases(training: TrainingConfig, dataset: str, seed: int) -> tuple[dict[str, Any], dict[str, int]]:
-    """Synthesizer tuning data: one conversation per seed-task row."""
-    fs, path = fsspec.core.url_to_fs(dataset)
-    count = pads.dataset(path, filesystem=fs, format="parquet").count_rows()
+    """Synthesizer tuning data: one conversation per seed-task row, less the rows held out as dev."""
+    count = sum(not mixture.is_dev_row(row_id, seed, training.dev_fraction)
+                for row_id in _parquet_column(dataset, "id"))
     rows = read_parquet(dataset, ["id", "image", "caption", "tasks"], seed)
     conversations = rows.flat_map(mixture.synthesizer_conversation,
-                                  fn_kwargs={"seed": seed, "blank_image_fraction": training.blank_image_fraction})
+                                  fn_kwargs={"seed": seed, "blank_image_fraction": training.blank_image_fraction,
+                                             "dev_fraction": training.dev_fraction})
     return {mixture.SYNTHESIZER_PHASE: conversations}, {mixture.SYNTHESIZER_PHASE: count}
 
 
@@ -564,9 +404,9 @@ def synthesizer_phases(training: TrainingConfig, dataset: str, seed: int) -> tup
 
 
 def training_fingerprint(config: RunConfig) -> str:
-    """What decides a training run's result: the training section (less its resource fields) and the seed."""
+    """What decides a training run's result: the training section (less its SPEED_ONLY fields) and the seed."""
     section = config.model_dump(mode="json", include={"training"})["training"]
-    section = {key: value for key, value in section.items() if key not in RESOURCE_FIELDS}
+    section = {key: value for key, value in section.items() if key not in speed_only_fields(TrainingConfig)}
     canonical = json.dumps({"seed": config.seed, "training": section}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -643,6 +483,8 @@ class TrainingStage:
                 storage_path=storage_path,
                 storage_filesystem=storage_filesystem,
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                # a dead worker restarts the group, which restores from ray.train.get_checkpoint() (`_restore`)
+                failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
             ),
             datasets=datasets,
             dataset_config=ray.train.DataConfig(execution_options=ingest),

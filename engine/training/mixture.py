@@ -5,20 +5,25 @@ with ``<image>`` placeholders, ``images`` the encoded images in placeholder orde
 loss goes: ``None`` = on assistant turns only (post-training), an index = on everything from that message on
 (synthesizer tuning, where the model must also write the user turns).
 
-An instruction row (EXAMPLE_SCHEMA, as synthesis composes it) holds the caption exchange ("<image>\\nDescribe the
-image." -> caption) and, when a task was kept, the synthetic exchange after it. The mixtures (DESIGN.md section 4):
+An instruction row (EXAMPLE_SCHEMA, as synthesis composes it) holds the caption exchange first (the record's own
+instruction, or "Describe the image.", -> caption) and, when a task was kept, the synthetic exchange after it. Since
+instructions differ per record, the caption exchange is known by its place, not its text: a row's `kind`, when it has
+one, says whether it holds a caption exchange; a row without one (the training stream, LLaMA-Factory JSON as
+`adapt export` writes it) holds one first, as every row synthesis writes does. The mixtures (DESIGN.md section 4):
 
 - ``single_stage`` (the paper's method): one conversation per image, the caption exchange placed first or last at
   random (seeded per row);
 - ``two_stage`` (ablation): a phase of caption conversations, then a phase of synthetic ones;
 - ``caption_only`` / ``synthetic_only`` (ablations): one of those phases alone.
 
-Every draw uses ``random.Random(f"{seed}:{row id}")``: the same row gets the same conversation in every process, run
-and resume, whatever order the rows arrive in.
+Every draw uses ``random.Random(f"{seed}:{row id}")`` (the synthesizer-tuning dev split its own
+``f"{seed}:dev:{row id}"``): the same row gets the same conversation in every process, run and resume, whatever order
+the rows arrive in.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +33,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from engine.models.families import IMAGE_PLACEHOLDER
+from engine.records import image_bytes
 from engine.synthesis.prompts import CAPTION_INSTRUCTION, INFORMATIVE_HINT, PRECISE_HINT
 
 Mixture = Literal["single_stage", "two_stage", "caption_only", "synthetic_only"]
@@ -74,34 +80,30 @@ def strip_placeholders(text: str) -> tuple[str, int]:
     return text.replace(IMAGE_PLACEHOLDER + "\n", "").replace(IMAGE_PLACEHOLDER, ""), count
 
 
-def is_caption_exchange(user_text: str) -> bool:
-    return strip_placeholders(user_text)[0].strip() == CAPTION_INSTRUCTION
-
-
 def parse_example(row: dict[str, Any]) -> Example:
-    """Split a row's messages into exchanges. The caption exchange is recognised by its instruction, so rows without a
-    `kind` (LLaMA-Factory JSON) split the same way as rows from synthesis."""
+    """Split a row's messages into exchanges; the first is the caption exchange unless the row's `kind` says it has
+    none (see the module docstring)."""
     messages = list(row["messages"])
     system = messages.pop(0)["content"] if messages and messages[0]["role"] == "system" else None
     roles = [message["role"] for message in messages]
     if len(messages) % 2 or roles != ["user", "assistant"] * (len(messages) // 2):
         raise ValueError(f"example {row['id']!r}: messages must alternate user/assistant turns, got {roles}")
-    images = list(row["images"] or [])
+    images = [image_bytes(image) for image in row["images"] or []]
     placeholders = 0
     exchanges = []
     for user, assistant in zip(messages[::2], messages[1::2]):
         text, count = strip_placeholders(user["content"])
         placeholders += count
-        exchanges.append((is_caption_exchange(user["content"]), Exchange(text, assistant["content"])))
+        exchanges.append(Exchange(text, assistant["content"]))
     if placeholders != len(images):
         raise ValueError(f"example {row['id']!r}: {placeholders} <image> placeholders for {len(images)} images")
-    captions = [exchange for is_caption, exchange in exchanges if is_caption]
+    with_caption = bool(exchanges) and has_caption(row.get("kind") or "caption")
     return Example(
         id=row["id"],
         images=images,
         system=system,
-        caption=captions[0] if captions else None,
-        synthetic=[exchange for is_caption, exchange in exchanges if not is_caption],
+        caption=exchanges[0] if with_caption else None,
+        synthetic=exchanges[1:] if with_caption else exchanges,
     )
 
 
@@ -195,30 +197,43 @@ def phase_counts(kinds: Iterable[str], mixture: Mixture) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------------ synthesizer tuning
 
 
-def blank_like(image: bytes) -> bytes:
-    """A white PNG of the image's size: the model gets the same number of image tokens and nothing to see in them."""
-    with Image.open(io.BytesIO(image)) as original:
-        size = original.size
+# The release's blank image is a white 237 x 150 JPEG; this one is made the same way, not copied.
+BLANK_IMAGE_SIZE = (237, 150)
+
+
+@functools.cache
+def blank_image() -> bytes:
+    """The white JPEG that stands in for an image the synthesizer must not see."""
     buffer = io.BytesIO()
-    Image.new("RGB", size, (255, 255, 255)).save(buffer, format="PNG")
+    Image.new("RGB", BLANK_IMAGE_SIZE, (255, 255, 255)).save(buffer, format="JPEG")
     return buffer.getvalue()
 
 
-def synthesizer_conversation(row: dict[str, Any], seed: int, blank_image_fraction: float) -> list[Conversation]:
-    """A seed-task row (SEED_TASK_SCHEMA) as a synthesizer learns it (DESIGN.md section 4).
+def is_dev_row(row_id: str, seed: int, dev_fraction: float) -> bool:
+    """Whether a seed-task row belongs to the held-out dev split: a draw of its own (not the shuffle's or the blank
+    image's), so the same row is dev in every epoch, process and run."""
+    return random.Random(f"{seed}:dev:{row_id}").random() < dev_fraction
+
+
+def synthesizer_conversation(row: dict[str, Any], seed: int, blank_image_fraction: float,
+                             dev_fraction: float = 0.0) -> list[Conversation]:
+    """A seed-task row (SEED_TASK_SCHEMA) as a synthesizer learns it (DESIGN.md section 4); none for a dev row.
 
     The caption exchange comes first, then every task as two QA exchanges, one per hint, all shuffled together: the
     synthesizer learns to write questions under both hints in any order, and synthesis keeps the first question that
     appears under both. The loss covers everything after the caption exchange, user turns included, since the
-    synthesizer writes those too. With probability `blank_image_fraction` the image is replaced by a blank one, so the
-    model also learns to work from the caption alone.
+    synthesizer writes those too. With probability `blank_image_fraction` the image is replaced by the blank image, so
+    the model also learns to work from the caption alone. A row of the dev split (`dev_fraction`, see `is_dev_row`)
+    is held out: the release keeps 10% of each seed task out of training.
     """
+    if is_dev_row(row["id"], seed, dev_fraction):
+        return []
     rng = rng_for(seed, row["id"])
     qa = []
     for task in row["tasks"] or []:
         qa.append(Exchange(f"{PRECISE_HINT}\n{task['question']}", task["precise"]))
         qa.append(Exchange(f"{INFORMATIVE_HINT}\n{task['question']}", task["informative"]))
     rng.shuffle(qa)
-    image = blank_like(row["image"]) if rng.random() < blank_image_fraction else row["image"]
+    image = blank_image() if rng.random() < blank_image_fraction else row["image"]
     example = Example(row["id"], [image], None, Exchange(CAPTION_INSTRUCTION, row["caption"]), qa)
     return [to_conversation(example, [example.caption, *qa], loss_from=SYNTHESIZER_LOSS_FROM)]

@@ -70,8 +70,9 @@ def test_broken_records_become_error_rows(tmp_path):
     path = tmp_path / "bench.parquet"
     pq.write_table(pa.Table.from_pylist(records), path)
     rows = rows_of("vqa_rad", path)
-    assert errors_by_id(rows) == {"q0": None, "q1": "missing_field", "q2": "missing_field", "q3": "bad_answer_type",
+    assert errors_by_id(rows) == {"q0": None, "q1": "missing_field", "q2": None, "q3": "bad_answer_type",
                                   "q4": "missing_field", "q5": "empty_image", "q6": None}
+    assert rows[2]["label"] == ""  # an empty label is scored (a miss), as the official evaluation counts it
     # What could be read is kept: a record without an image still has its label, so it is scored as unanswered.
     assert rows[4]["label"] == "yes" and rows[1]["input"] is None
 

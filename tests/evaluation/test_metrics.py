@@ -1,4 +1,8 @@
-"""Unit tests of engine.evaluation.metrics on hand-computed cases (the arithmetic is in the comments)."""
+"""Unit tests of engine.evaluation.metrics on hand-computed cases (the arithmetic is in the comments).
+
+Each oddity of the paper's released evaluation code that the engine reproduces on purpose has its own test, named
+"official_quirk"; the expected values follow from the official formulas by hand.
+"""
 
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ LETTER_OPTIONS = {"A": "pneumothorax", "B": "pleural effusion", "C": "cardiomega
         ("ZERO or Ten", "0 or 10"),
         # Articles a/an/the are dropped.
         ("The heart is an organ with a wall", "heart is organ with wall"),
-        # Run-together contractions are expanded; "well" is an ordinary word and is left alone.
+        # Run-together contractions in the VQA table are expanded; "well" is not in it and is left alone.
         ("it doesnt show, well", "it doesn't show well"),
         ("Dont know", "don't know"),
         # Colons and apostrophes stay.
@@ -54,6 +58,31 @@ LETTER_OPTIONS = {"A": "pneumothorax", "B": "pleural effusion", "C": "cardiomega
 )
 def test_normalize_answer(text, expected):
     assert normalize_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("word", "expected"),
+    [
+        # The table's keys "Im", "Ive", "Id've" are capitalised and words are looked up lower-cased: never expanded.
+        ("im", "im"),
+        ("Ive", "ive"),
+        ("Id've", "id've"),
+        # Half-joined spellings are in the table, the fully joined one is not.
+        ("notve", "not've"),
+        ("couldnt've", "couldn't've"),
+        ("hed've", "he'd've"),
+        ("couldntve", "couldntve"),
+        # One entry maps the apostrophe form to the joined one.
+        ("somebody'd", "somebodyd"),
+    ],
+)
+def test_official_quirk_contraction_table(word, expected):
+    assert normalize_answer(word) == expected
+
+
+def test_official_quirk_at_most_32_periods_deleted_per_pass():
+    # 40 periods after the word, none before a digit: the first 32 are deleted, 8 stay.
+    assert normalize_answer("effusion" + "." * 40) == "effusion" + "." * 8
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -90,6 +119,28 @@ def test_open_recall_empty_text_is_zero(prediction, label):
     assert open_recall(prediction, label) == 0.0
 
 
+def test_official_quirk_contractions_in_open_recall():
+    # "im" stays "im" ("Im" never matches), the label "i'm" stays "i'm": nothing shared -> 0.
+    assert open_recall("im", "i'm") == 0.0
+    # "notve" -> "not've" == the label's "not've": tp 1, fn 0 -> 1.0.
+    assert open_recall("notve", "not've") == 1.0
+
+
+@pytest.mark.parametrize(
+    ("prediction", "label", "expected"),
+    [
+        # 64 periods: the first pass deletes 32, the second the other 32 -> "effusion" -> tp 1, fn 0 -> 1.0.
+        ("effusion" + "." * 64, "effusion", 1.0),
+        # 70 periods: 70 - 32 - 32 = 6 stay -> "effusion......" is not "effusion" -> 0.
+        ("effusion" + "." * 70, "effusion", 0.0),
+        # 32 periods, then " one.": pass 1 deletes the 32 and keeps "one."; pass 2 deletes its period, and "one" -> "1".
+        ("." * 32 + " one.", "1", 1.0),
+    ],
+)
+def test_official_quirk_open_answers_are_normalized_twice(prediction, label, expected):
+    assert open_recall(prediction, label) == expected
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # closed_hit
 
@@ -117,6 +168,18 @@ def test_closed_hit_needs_yes_or_no():
 @pytest.mark.parametrize("prediction", ["", None])
 def test_closed_hit_empty_prediction_misses(prediction):
     assert closed_hit(prediction, "yes") is False
+
+
+def test_official_quirk_closed_answers_are_normalized_once():
+    # 33 periods: one pass deletes the 32 leading ones and keeps "ye.s", which contains neither "yes" nor "no" -> miss
+    # (a second pass, as open answers get, would have made it "yes").
+    assert closed_hit("." * 32 + " ye.s", "yes") is False
+
+
+def test_closed_hit_empty_label_is_in_every_answer():
+    # "" is a substring of every text: any answer containing "yes" or "no" hits.
+    assert closed_hit("No.", "") is True
+    assert closed_hit("maybe", "") is False
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -188,9 +251,21 @@ def test_parse_choice_numeric_choices_do_not_match_inside_longer_numbers():
     assert parse_choice("The answer is 12", options, 0) == ("12", False)
 
 
-def test_parse_choice_empty_option_text_is_never_matched():
-    # "" would be a substring of every response; only "effusion" can match by text -> B.
-    assert parse_choice("there is an effusion", {"A": "", "B": "effusion"}, 0) == ("B", False)
+def test_official_quirk_edge_marks_are_stripped_one_kind_at_a_time():
+    # "B.:": "." is tried while ":" still ends the text, then ":" goes -> " B. " has no " B " and is 4 characters
+    # (not > 5) -> fallback: Random(0).choice(["A","B","C","D"]) == "D".
+    assert parse_choice("B.:", LETTER_OPTIONS, 0) == ("D", True)
+    # "B:.": "." goes first, then ":" -> " B " -> B.
+    assert parse_choice("B:.", LETTER_OPTIONS, 0) == ("B", False)
+
+
+def test_official_quirk_empty_option_text_wins():
+    # " The femur is fractured " (24 characters): no "(X)", no " X "; by text, "femur" last starts at 5 and the empty
+    # text D at 24, the end -> D, although the answer names A.
+    options = {"A": "femur", "B": "tibia", "C": "fibula", "D": ""}
+    assert parse_choice("The femur is fractured", options, 0) == ("D", False)
+    # The same with the empty text first: " there is an effusion " (22): "" at 22, "effusion" at 13 -> A.
+    assert parse_choice("there is an effusion", {"A": "", "B": "effusion"}, 0) == ("A", False)
 
 
 def test_parse_choice_without_options_is_an_error():
@@ -227,7 +302,7 @@ def test_rouge_l_errors_score_zero(prediction, label):
 # ---------------------------------------------------------------------------------------------------------------------
 # parse_labels
 
-FRUIT_VOCABULARY = ["apple", "apple pie", "pie", "Banana Split", "banana"]
+FRUIT_VOCABULARY = dict(enumerate(["apple", "apple pie", "pie", "Banana Split", "banana"]))
 
 
 def test_parse_labels_longest_name_first():
@@ -250,8 +325,21 @@ def test_parse_labels_matches_substrings():
     assert parse_labels("pineapple", FRUIT_VOCABULARY) == {0}
 
 
-def test_parse_labels_shared_name_records_every_id():
-    assert parse_labels("deprecated", ["x", "deprecated", "y", "deprecated"]) == {1, 3}
+def test_official_quirk_shared_name_records_its_first_id():
+    # Names are tried per id: id 1 matches and deletes "deprecated", so id 3 finds nothing left.
+    assert parse_labels("deprecated", {0: "x", 1: "deprecated", 2: "y", 3: "deprecated"}) == {1}
+
+
+def test_parse_labels_reads_only_the_given_ids():
+    # FoodSeg103 leaves out 0 and 103: with "other ingredients" not a name, nothing deletes it, and "candy" never forms.
+    assert parse_labels("cother ingredientsandy", {1: "candy"}) == set()
+    assert parse_labels("cother ingredientsandy", {1: "candy", 103: "other ingredients"}) == {1, 103}
+
+
+def test_parse_labels_equal_lengths_in_id_order():
+    # "ab c" (id 1) and "b cd" (id 2) are both 4 long and both in "ab cd"; id 1 goes first (the official map is in id
+    # order), deletes "ab c" and leaves "d", so id 2 is not found -> {1}, whatever order the mapping lists them in.
+    assert parse_labels("ab cd", {2: "b cd", 1: "ab c"}) == {1}
 
 
 @pytest.mark.parametrize("text", ["", None, "nothing here"])

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from engine.cli import main
 from engine.config import BenchmarkConfig, EngineConfig
 from engine.evaluation import runner
 from engine.evaluation.benchmarks import benchmark_rows, write_table
@@ -66,6 +67,139 @@ def test_labels_are_read_like_benchmark_records(tmp_path):
     unknown = [{"prediction": "x", "label": "not a dish"}]
     assert score_file("food101", write_jsonl(tmp_path / "u.jsonl", unknown)) == {
         "n": 0, "accuracy": None, "parse_fallbacks": 0, "unscorable": 1}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# `adapt score` against the official formulas: for each of the paper's biomedical and food tasks, hand-made predictions
+# whose scores were worked out by hand from the released evaluation code's formulas, its quirks included.
+
+FEMUR_OPTIONS = {"A": "femur", "B": "tibia", "C": "fibula", "D": ""}
+
+OFFICIAL_CASES = {
+    "vqa_rad": (
+        [
+            # "im" stays "im" (the table's key is "Im"), the label stays "i'm": nothing shared -> 0.
+            {"prediction": "im", "label": "i'm", "answer_type": "OPEN"},
+            # 64 periods: 32 go in the task's normalization, 32 in calculate_f1score's -> "effusion" -> 100.
+            {"prediction": "effusion" + "." * 64, "label": "effusion", "answer_type": "OPEN"},
+            # 70 periods: 6 survive both passes -> "effusion......" -> 0.
+            {"prediction": "effusion" + "." * 70, "label": "effusion", "answer_type": "OPEN"},
+            # Empty label: calculate_f1score returns 0 -> 0, counted.
+            {"prediction": "left lung", "label": "", "answer_type": "OPEN"},
+            # "no it is not" says "no" and contains "no" -> 100.
+            {"prediction": "No, it is not.", "label": "no", "answer_type": "CLOSED"},
+            # Empty label: "yes" says yes, and "" is in it -> 100.
+            {"prediction": "yes", "label": "", "answer_type": "CLOSED"},
+        ],
+        # open (0 + 100 + 0 + 0) / 4 = 25; closed (100 + 100) / 2 = 100.
+        {"n": 6, "open_recall": 25.0, "closed_accuracy": 100.0, "n_open": 4, "n_closed": 2},
+    ),
+    "slake": (
+        [
+            # "notve" -> "not've", the label's form -> 100.
+            {"prediction": "notve", "label": "not've", "answer_type": "OPEN"},
+            # "couldntve" is not in the table -> no shared word with "couldn't've" -> 0.
+            {"prediction": "The answer is couldntve", "label": "couldn't've", "answer_type": "OPEN"},
+            # "," before a space is deleted, the final "." too -> {left, lung, upper, lobe}; label {right, upper, lobe}:
+            # tp 2, fn 1 -> 200/3.
+            {"prediction": "Left lung, upper lobe.", "label": "right upper lobe", "answer_type": "OPEN"},
+            # Closed answers are normalized once: 32 periods go, "ye.s" stays -> neither "yes" nor "no" -> 0.
+            {"prediction": "." * 32 + " ye.s", "label": "yes", "answer_type": "CLOSED"},
+            # "i know" contains "no" twice over -> 100.
+            {"prediction": "I know", "label": "no", "answer_type": "CLOSED"},
+            # Type "open" is neither OPEN nor CLOSED: in neither mean (unscorable here).
+            {"prediction": "liver", "label": "liver", "answer_type": "open"},
+        ],
+        # open (100 + 0 + 200/3) / 3 = 500/9; closed (0 + 100) / 2 = 50.
+        {"n": 5, "open_recall": pytest.approx(500 / 9), "closed_accuracy": 50.0, "n_open": 3, "n_closed": 2,
+         "unscorable": 1},
+    ),
+    "pathvqa": (
+        [
+            # Pass 1 deletes the 32 leading periods and keeps "one."; pass 2 makes it "one" -> "1" = label -> 100.
+            {"prediction": "." * 32 + " one.", "label": "1", "answer_type": "OPEN"},
+            # "1,000" is digit-comma-digit: every mark is deleted -> {1000, cellsmm}; label {1000, cells}: tp 1, fn 1
+            # -> 50.
+            {"prediction": "1,000 cells/mm", "label": "1000 cells", "answer_type": "OPEN"},
+            {"prediction": "Yes.", "label": "yes", "answer_type": "CLOSED"},  # 100
+            {"prediction": None, "label": "yes", "answer_type": "CLOSED"},  # a failed request: an empty answer -> 0
+        ],
+        # open (100 + 50) / 2 = 75; closed (100 + 0) / 2 = 50.
+        {"n": 4, "open_recall": 75.0, "closed_accuracy": 50.0, "n_open": 2, "n_closed": 2},
+    ),
+    "pmc_vqa": (
+        [
+            # "B.:" -> " B. ": no " B ", 4 characters -> guess Random(0).choice("ABCD") = "D" != B -> 0, a fallback.
+            {"prediction": "B.:", "label": "B", "options": OPTIONS},
+            # The empty option D wins the text stage over "femur" -> D != A -> 0.
+            {"prediction": "The femur is fractured", "label": "A", "options": FEMUR_OPTIONS},
+            {"prediction": "(C)", "label": "C", "options": OPTIONS},  # 100
+            # "B:." loses "." then ":" -> " The answer is B " -> " B " -> 100.
+            {"prediction": "The answer is B:.", "label": "B", "options": OPTIONS},
+            {"prediction": "(A)", "label": "", "options": OPTIONS},  # empty label: A != "" -> 0, counted
+        ],
+        # (0 + 0 + 100 + 100 + 0) / 5 = 40.
+        {"n": 5, "accuracy": 40.0, "parse_fallbacks": 1},
+    ),
+    "recipe1m": (
+        [
+            # rouge 1.0.1 counts distinct words: LCS {the, cat, on, mat} = 4 of 5 on each side -> P = R = 0.8 -> 80.
+            {"prediction": "the cat sat on the mat", "label": "the cat is on the mat"},
+            # hyp 2 words, ref 4, LCS 2: P = 1, R = 1/2 -> F = 2PR/(P+R) = 2/3 -> 200/3.
+            {"prediction": "the cat", "label": "the cat sat down"},
+            {"prediction": "a soup", "label": ""},  # the package raises on an empty reference -> 0, counted
+            {"prediction": None, "label": "soup"},  # 0
+        ],
+        # (80 + 200/3 + 0 + 0) / 4 = 440/12.
+        {"n": 4, "rouge_l": pytest.approx(440 / 12, rel=1e-6)},
+    ),
+    "food101": (
+        [
+            {"prediction": "This is cheesecake.", "label": "cheesecake"},  # "cheesecake" = option 16 = label -> 100
+            {"prediction": "(17)", "label": "cheese_plate"},  # cheese plate is 17 -> 100
+            {"prediction": "16", "label": "cheese plate"},  # " 16 " -> 16 != 17 -> 0
+            # By text: "apple pie" last at 13, "beef tartare" at 28 -> the later one, 4 != 0 -> 0.
+            {"prediction": "The dish is apple pie, not beef tartare.", "label": "apple_pie"},
+            {"prediction": "(0)", "label": ""},  # names no class: the official code stops; unscorable here
+        ],
+        # (100 + 100 + 0 + 0) / 4 = 50.
+        {"n": 4, "accuracy": 50.0, "parse_fallbacks": 0, "unscorable": 1},
+    ),
+    "foodseg103": (
+        [
+            # "french fries" (3) and "egg tart" (2) are found and deleted, so "egg" is not; label {2, 1}: tp 1, fp 1,
+            # fn 1 -> 2/(2+1+1) = 50.
+            {"prediction": "I see egg tart and French fries", "label": ["egg tart", "candy"]},
+            {"prediction": "nothing", "label": []},  # nothing on either side: 0/0 -> 100
+            {"prediction": "candy", "label": ""},  # "" is no class: pred {1}, label {}: fp 1 -> 0
+            # "other ingredients" (103) is not parsed, so it is not deleted and "candy" never forms -> tp 0, fn 1 -> 0.
+            {"prediction": "cother ingredientsandy", "label": ["candy"]},
+        ],
+        # (50 + 100 + 0 + 0) / 4 = 37.5.
+        {"n": 4, "f1": 37.5},
+    ),
+    "nutrition5k": (
+        [
+            # Label "deprecated" -> its last id 469; the parser records its first, 230 -> tp 0, fn 1 -> 0.
+            {"prediction": "deprecated", "label": ["deprecated"]},
+            # "potatoes", then "steak" are found and deleted ("tea" inside "steak" goes with it); label {steak, bacon}:
+            # tp 1, fn 1 -> 50.
+            {"prediction": "Steak with potatoes", "label": ["steak", "bacon"]},
+            {"prediction": "bacon", "label": []},  # empty label: tp + fn = 0 -> 100
+            {"prediction": None, "label": ["bacon"]},  # 0
+        ],
+        # (0 + 50 + 100 + 0) / 4 = 37.5.
+        {"n": 4, "recall": 37.5},
+    ),
+}
+
+
+@pytest.mark.parametrize("task", sorted(OFFICIAL_CASES))
+def test_adapt_score_agrees_with_the_official_formulas(task, tmp_path, capsys):
+    records, expected = OFFICIAL_CASES[task]
+    predictions, out = write_jsonl(tmp_path / "p.jsonl", records), tmp_path / "scores.json"
+    assert main(["score", "--task", task, "--predictions", predictions, "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == expected
 
 
 def test_scores_are_written_to_out_path(tmp_path):

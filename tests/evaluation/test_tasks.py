@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import math
-
-import datasets
 import pytest
-import yaml
 
 from engine.evaluation import scoring
-from engine.evaluation.lmms_eval import export_lmms_eval
 from engine.evaluation.tasks import TASKS, RecordError, get_task, list_label, text_label
 from engine.evaluation.tasks.food import food101_label
-from tests.fixtures import png_bytes
 
 PAPER_TASKS = {
     "vqa_rad": ("biomedicine", ("open_recall", "closed_accuracy")),
@@ -95,18 +88,29 @@ def test_food101_label_from_class_name_or_number():
     assert food101_label(" 100 ") == "100"
     with pytest.raises(RecordError, match="unknown_label"):
         food101_label("pizza margherita")
+    # The official code stops on a label that names no class; the engine refuses the row instead.
+    with pytest.raises(RecordError, match="unknown_label"):
+        food101_label("")
+
+
+def test_official_quirk_food101_cheesecake_is_16():
+    # The official name-to-label map puts cheesecake before cheese_plate.
+    assert (food101_label("cheesecake"), food101_label("cheese_plate")) == ("16", "17")
 
 
 def test_text_and_list_labels():
-    assert text_label(" left lung ") == "left lung"
+    # Kept as written, empty labels included: the official comparisons see them so.
+    assert text_label(" left lung ") == " left lung "
     assert text_label(3) == "3"
+    assert text_label("") == ""
     with pytest.raises(RecordError, match="missing_field"):
-        text_label("  ")
+        text_label(None)
     with pytest.raises(RecordError, match="bad_label"):
         text_label(["a"])
     assert list_label(["rice", 4]) == ["rice", 4]
     assert list_label('["rice", "egg"]') == ["rice", "egg"]
     assert list_label("rice") == ["rice"]
+    assert list_label("") == []
     with pytest.raises(RecordError, match="bad_label"):
         list_label([{"name": "rice"}])
 
@@ -142,64 +146,9 @@ def test_summary_counts_errors_and_unscorable_rows():
                        "errors": 2, "error_pct": 66.67, "unscorable": 1}
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The lmms-eval export
-
-
-class TaskYamlLoader(yaml.SafeLoader):
-    """Reads lmms-eval task YAML: `!function utils.name` becomes the string "utils.name"."""
-
-
-TaskYamlLoader.add_constructor("!function", lambda loader, node: f"!function {loader.construct_scalar(node)}")
-
-
-def load_utils(folder):
-    spec = importlib.util.spec_from_file_location(f"lmms_utils_{folder.name}", folder / "utils.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_lmms_eval_export_writes_one_folder_per_hub_task(tmp_path):
-    written = export_lmms_eval(tmp_path)
-    assert sorted(path.parent.name for path in written) == sorted(f"adamllm_{name}" for name in PAPER_TASKS)
-    config = yaml.load((tmp_path / "adamllm_slake" / "adamllm_slake.yaml").read_text(), Loader=TaskYamlLoader)
-    assert config["task"] == "adamllm_slake" and config["tag"] == "adamllm_biomedicine"
-    assert (config["dataset_path"], config["dataset_name"], config["test_split"]) == (
-        "AdaptLLM/biomed-VQA-benchmark", "SLAKE", "test")
-    assert config["generation_kwargs"] == {"max_new_tokens": 1024, "temperature": 0, "top_p": 1.0, "num_beams": 1,
-                                           "do_sample": False}
-    assert [metric["metric"] for metric in config["metric_list"]] == ["open_recall", "closed_accuracy"]
-    assert config["metric_list"][0]["aggregation"] == "!function utils.aggregate_open_recall"
-    food = yaml.load((tmp_path / "adamllm_food101" / "adamllm_food101.yaml").read_text(), Loader=TaskYamlLoader)
-    assert food["generation_kwargs"]["max_new_tokens"] == 256
-
-
-def test_lmms_eval_task_scores_like_the_engine(tmp_path):
-    export_lmms_eval(tmp_path, tasks=["pmc_vqa"])
-    utils = load_utils(tmp_path / "adamllm_pmc_vqa")
-    options = {"A": "alpha", "B": "beta", "C": "gamma", "D": "delta"}
-    docs = datasets.Dataset.from_list([{"image": png_bytes(), "input": f"Which one? {i}", "label": "B", **options}
-                                       for i in range(6)])
-    docs = utils.process_docs(docs)
-    answers = ["(B)", "no clue", "beta it is", "(A)", "no clue", "no clue"]
-    items = [utils.process_results(doc, [answer]) for doc, answer in zip(docs, answers, strict=True)]
-    expected = get_task("pmc_vqa").summarize(
-        (i, {"prediction": answer, "label": "B", "options": options}) for i, answer in enumerate(answers))
-    assert utils.aggregate_accuracy([item["accuracy"] for item in items]) == expected["accuracy"]
-    assert utils.doc_to_text(docs[0], {}) == "Which one? 0"
-    assert utils.doc_to_visual(docs[0])[0].mode == "RGB"
-
-
-def test_lmms_eval_export_of_a_local_copy(tmp_path):
-    with pytest.raises(ValueError, match="no hub copy"):
-        export_lmms_eval(tmp_path, tasks=["demo_vqa"])
-    [path] = export_lmms_eval(tmp_path, tasks=["demo_vqa"], local_paths={"demo_vqa": "data/demo/bench.parquet"})
-    config = yaml.load(path.read_text(), Loader=TaskYamlLoader)
-    assert config["dataset_path"] == "parquet" and "dataset_name" not in config
-    assert config["dataset_kwargs"]["data_files"]["test"].endswith("/data/demo/bench.parquet")
-    utils = load_utils(path.parent)
-    doc = {"input": "Is it red?", "label": "yes", "answer_type": "CLOSED", "adamllm_index": 0}
-    item = utils.process_results(doc, ["Yes, it is."])
-    assert utils.aggregate_closed_accuracy([item["closed_accuracy"]]) == 100.0
-    assert math.isnan(utils.aggregate_open_recall([item["open_recall"]]))
+def test_official_quirk_empty_label_counts_in_the_mean():
+    spec = get_task("recipe1m")
+    rows = [(0, {"prediction": "a bowl of soup", "label": spec.label("a bowl of soup")}),  # identical -> 100
+            (1, {"prediction": "a bowl of soup", "label": spec.label("")})]  # the package raises -> 0, counted
+    # (100 + 0) / 2 = 50, over both rows.
+    assert spec.summarize(rows) == {"n": 2, "rouge_l": pytest.approx(50.0)}

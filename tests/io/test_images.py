@@ -70,6 +70,7 @@ def test_plain_rgb_image_is_not_rewritten():
         ("x" * 101, "caption_too_long"),
         (b"\xff\xfe broken", "caption_invalid_utf8"),
         (42, "caption_not_text"),
+        ("A scan.<image> Another one.", "image_placeholder_in_caption"),
     ],
 )
 def test_bad_captions(caption, reason):

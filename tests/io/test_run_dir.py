@@ -3,6 +3,8 @@ state is refused), the places stages share, on a local disk or any fsspec filesy
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from engine.config import ConfigError
@@ -65,3 +67,27 @@ def test_arrow_location_hands_urls_to_fsspec_and_paths_through(tmp_path):
     assert arrow_location(str(tmp_path)) == (str(tmp_path), None)
     path, filesystem = arrow_location("memory://bucket/set")
     assert path == "/bucket/set" and filesystem.type_name == "py::fsspec+memory"
+
+
+def test_manifests_hold_paths_relative_to_the_run_directory_and_read_back_where_it_is_now(tmp_path):
+    first = tmp_path / "first"
+    stage = StageDir(str(first), "training", "abc")
+    stage.write_manifest({"model": f"{first}/training/model", "runs": [f"{first}/synthesis/instructions"],
+                          "base_model": "/models/base", "sibling": f"{first}-other/model", "status": "complete"})
+    written = json.loads((first / "training" / "manifest.json").read_text())
+    assert written == {"model": "./training/model", "runs": ["./synthesis/instructions"], "base_model": "/models/base",
+                       "sibling": f"{first}-other/model", "status": "complete", "fingerprint": "abc"}
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    manifest = StageDir(str(moved), "training", "abc").completed_manifest()
+    assert manifest["model"] == f"{moved}/training/model" and manifest["runs"] == [f"{moved}/synthesis/instructions"]
+    assert manifest["base_model"] == "/models/base"
+
+
+def test_object_store_paths_are_made_relative_in_both_spellings():
+    run = RunDir("memory://bucket/runs/x")
+    assert run.portable({"a": "memory://bucket/runs/x/training/model", "b": "/bucket/runs/x/evaluation"}) == {
+        "a": "./training/model", "b": "./evaluation"}
+    assert run.resolved("./training/model") == "memory://bucket/runs/x/training/model"
+    run.write_summary({"model": "memory://bucket/runs/x/training/model", "seconds": 1.5})
+    assert run.read_json("run_summary.json") == {"model": "./training/model", "seconds": 1.5}

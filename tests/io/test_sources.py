@@ -131,3 +131,113 @@ def test_image_paths_stay_inside_the_root(shard, image_path, expected):
         assert result.reason == expected
     else:
         assert result == expected
+
+
+# ------------------------------------------------------------------------------------- the release's record shapes
+
+RECIPE = "Generate a recipe for this delicious food."
+CAPTION = "Mix the flour.\n\nBake at 180 C for 20 minutes. "
+
+
+def official(image, instruction: str = f"<image>{RECIPE}", caption: str = CAPTION, **extra) -> dict:
+    return {"images": image, "messages": [{"role": "user", "content": instruction},
+                                          {"role": "assistant", "content": caption}], **extra}
+
+
+def llava(image, instruction: str = f"<image>\n{RECIPE}", caption: str = CAPTION, **extra) -> dict:
+    return {"image": image, "conversations": [{"from": "human", "value": instruction},
+                                              {"from": "gpt", "value": caption}], **extra}
+
+
+def write_records(folder, records: list, as_array: bool, name: str = "pairs") -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    if as_array:
+        path = folder / f"{name}.json"
+        path.write_text(json.dumps(records, indent=4))
+    else:
+        path = folder / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return str(path)
+
+
+@pytest.mark.parametrize("as_array", [True, False])
+@pytest.mark.parametrize("shape", [official, llava])
+def test_chat_shaped_records_become_rows_with_their_instruction(tmp_path, shape, as_array):
+    # The release lists its image; LLaVA records name it (a list of one is read too).
+    records = [shape(["a.jpg"]), shape("b.jpg", id="named")]
+    path = write_records(tmp_path / "set", records, as_array)
+    rows = read_all("jsonl", path, str(tmp_path / "set"))
+    assert [row["id"] for row in rows] == [f"{rows[0]['shard']}:0", "named"]
+    instruction = f"<image>{RECIPE}" if shape is official else f"<image>\n{RECIPE}"
+    for row, image in zip(rows, ("a.jpg", "b.jpg")):
+        assert row["problem_reason"] is None and row["image_path"] == image and row["image"] is None
+        assert row["instruction"] == instruction  # as written; compose removes the placeholder
+        assert row["caption"] == CAPTION  # verbatim: line breaks and the trailing space kept
+
+
+@pytest.mark.parametrize(("record", "detail"), [
+    (official(["a.jpg"], caption=None) | {"messages": [{"role": "user", "content": "x"}]}, "got roles ['user']"),
+    ({"images": ["a.jpg"], "messages": "not a list"}, "got roles None"),
+    (official(["a.jpg", "b.jpg"]), "exactly one image, got 2"),
+    (official([]), "exactly one image, got 0"),
+    (llava(None), "exactly one image, got 0"),
+    ({"image": "a.jpg", "conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]},
+     "got roles ['gpt', 'human']"),
+    (official(["a.jpg"]) | {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+                                         {"role": "user", "content": "q2"}]}, "one user turn and one assistant turn"),
+])
+def test_malformed_chat_records_are_counted_with_a_reason(tmp_path, record, detail):
+    path = write_records(tmp_path / "set", [record | {"id": "bad"}, official(["ok.jpg"])], as_array=False)
+    broken, fine = read_all("jsonl", path, str(tmp_path / "set"))
+    assert broken["problem_reason"] == "malformed_record" and detail in broken["problem_detail"]
+    assert broken["id"] == "bad"  # the quarantine names the record
+    assert fine["problem_reason"] is None
+
+
+def test_a_chat_record_without_an_answer_text_has_no_caption(tmp_path):
+    path = write_records(tmp_path / "set", [official(["a.jpg"], caption=None)], as_array=False)
+    (row,) = read_all("jsonl", path, str(tmp_path / "set"))
+    assert (row["problem_reason"], row["problem_detail"]) == ("missing_field", "no 'caption'")
+
+
+def test_flat_records_carry_an_optional_instruction(tmp_path):
+    records = [{"image_path": "a.png", "caption": "c", "instruction": "Name the dish."},
+               {"image_path": "a.png", "caption": "c"},
+               {"image_path": "a.png", "caption": "c", "instruction": 3}]
+    rows = read_all("jsonl", write_records(tmp_path / "set", records, as_array=True), str(tmp_path / "set"))
+    assert [row["instruction"] for row in rows] == ["Name the dish.", None, None]
+    assert rows[2]["problem_reason"] == "malformed_record"
+
+
+def test_a_json_array_keeps_one_row_per_element_and_one_row_when_it_does_not_parse(tmp_path):
+    path = write_records(tmp_path / "set", [official(["a.jpg"]), ["not", "an", "object"], 7], as_array=True)
+    rows = read_all("jsonl", path, str(tmp_path / "set"))
+    assert [(row["row"], row["problem_reason"], row["problem_detail"]) for row in rows] == [
+        (0, None, None), (1, "malformed_json", "element 1: not an object"),
+        (2, "malformed_json", "element 2: not an object")]
+    broken = tmp_path / "broken" / "cut.json"
+    broken.parent.mkdir()
+    broken.write_text('  \n[{"images": ["a.jpg"], "messages": [')
+    (row,) = read_all("jsonl", str(broken), str(broken.parent))
+    assert row["problem_reason"] == "malformed_json" and row["problem_detail"].startswith("JSON array, line 2:")
+
+
+def test_chat_shaped_parquet_rows_with_image_bytes(tmp_path):
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist([official([png_bytes()])]), folder / "a.parquet")
+    (row,) = read_all("parquet", str(folder), str(folder))
+    assert row["image"] == png_bytes() and row["instruction"] == f"<image>{RECIPE}" and row["caption"] == CAPTION
+
+
+def test_validation_keeps_the_caption_verbatim(tmp_path):
+    from engine.io.images import ImageLimits
+    from engine.io.validation import validate_row
+
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "a.png").write_bytes(png_bytes())
+    path = write_records(tmp_path / "set", [official(["a.png"]), official(["a.png"], caption=" \n ")], as_array=True)
+    good, empty = (validate_row(row, str(tmp_path / "set"), ImageLimits(), 8192)
+                   for row in read_all("jsonl", path, str(tmp_path / "set")))
+    assert good["problem_reason"] is None and good["caption"] == CAPTION and good["instruction"] == f"<image>{RECIPE}"
+    assert empty["problem_reason"] == "empty_caption"

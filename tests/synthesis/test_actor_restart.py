@@ -41,6 +41,8 @@ def test_killed_synthesizer_actor_is_replaced(ray_cluster, tiny_model_dir, tmp_p
                 "engine": {"model": str(tiny_model_dir / "tiny-qwen2-vl"), "family": "qwen2-vl",
                            "backend": "transformers", "device": "cpu", "num_cpus": 0.5, "batch_size": 4,
                            "max_tokens": 24},
+                # The random-weight model writes no task; every pair must still be published for the count below.
+                "keep_pairs_without_task": True,
             },
             "filter": {"judge": "lexical"},
         }

@@ -1,97 +1,177 @@
+"""Compose as released: the conclusion rule on hand-made probes, the exchanges each kind writes, and the share of each
+kind over thousands of seeded draws against the release's pattern counts."""
+
 from __future__ import annotations
 
-import random
+import math
+from collections import Counter
 
 import pytest
 
-from engine.synthesis.compose import COT_TEMPLATES, Composition, compose, concludes, last_sentence
+from engine.synthesis.compose import Composition, compose, conclusion_rule
 from engine.synthesis.parsing import SynthesizedTask
+from engine.synthesis.rows import row_seed
+from engine.synthesis.templates import BASIC_PATTERNS, COT_PATTERNS
 
+QUESTION = "Which side shows the effusion?"
 INFORMATIVE = "The right costophrenic angle is blunted. A meniscus-shaped opacity fills the right lung base."
-TASK = SynthesizedTask("Which side shows the effusion?", "Right side.", INFORMATIVE)
+PRECISE = "Right side."
+COT_TASK = SynthesizedTask(QUESTION, PRECISE, INFORMATIVE)
+# Its last sentence holds "therefore " (rule 1): the basic patterns.
+CONCLUDING = "Fluid fills the right base. It is therefore on the right side."
+BASIC_TASK = SynthesizedTask(QUESTION, PRECISE, CONCLUDING)
+
+# The release's pattern counts per kind (process/read_compre_pt.py, counted by hand from the lists `qa_w_cot` and
+# `qa`; a draw there picks one list entry uniformly), and of the forward ones those that keep the question verbatim.
+RELEASE_COT = {"forward": 119, "rationale_only": 1, "rationale_from_answer": 23, "question_answer_from_rationale": 23,
+               "question_from_rationale_answer": 22, "question_rationale_from_answer": 22}
+RELEASE_BASIC = {"forward": 64, "question_from_answer": 10, "question_from_image": 5}
+RELEASE_VERBATIM_FORWARD = {"cot": 92, "basic": 42}
+
+DRAWS = 6000
+# Seeds as the pipeline makes them (one per row id).
+SEEDS = [row_seed(0, f"row-{index:06d}") for index in range(DRAWS)]
 
 
-def _seed_for_template(index: int) -> int:
-    return next(seed for seed in range(1000) if random.Random(seed).randrange(len(COT_TEMPLATES)) == index)
-
-
-EXPECTED_RESPONSES = (
-    f"{INFORMATIVE} Therefore, the answer is Right side.",
-    f"{INFORMATIVE}\n\nAnswer: Right side",
-    f"{INFORMATIVE} So the final answer is: Right side.",
-    f"Reasoning: {INFORMATIVE}\nConclusion: Right side",
-    f"{INFORMATIVE} In short, Right side.",
-)
-
-
-@pytest.mark.parametrize("index", range(len(COT_TEMPLATES)))
-def test_every_template_joins_reasoning_and_answer(index):
-    seed = _seed_for_template(index)
-    assert compose(TASK, seed) == Composition(
-        response=EXPECTED_RESPONSES[index], rule="cot_template", template=index, seed=seed
-    )
-
-
-def test_template_choice_is_seeded_and_reproducible():
-    draws = [compose(TASK, seed).template for seed in range(50)]
-    assert draws == [compose(TASK, seed).template for seed in range(50)]
-    assert set(draws) == set(range(len(COT_TEMPLATES)))
-
-
-def test_informative_answer_that_already_concludes_is_used_alone():
-    task = SynthesizedTask(
-        "What dish is this?",
-        "Pad thai",
-        "The noodles are stir-fried with shrimp and peanuts. Therefore, this is pad thai.",
-    )
-    assert compose(task, seed=3) == Composition(task.informative, rule="informative_only", template=None, seed=3)
-
-
-def test_a_conclusion_before_the_last_sentence_does_not_count():
-    task = SynthesizedTask("What is shown?", "Forest", "The answer lies in the canopy. Trees cover the scene.")
-    assert compose(task, seed=0).rule == "cot_template"
-
-
-def test_precise_answer_that_concludes_is_appended_to_the_informative_answer():
-    task = SynthesizedTask(
-        "What could this be?", "It could be a cyst.", "A round, fluid-filled lesion sits in the liver."
-    )
-    result = compose(task, seed=5)
-    assert result == Composition(
-        "A round, fluid-filled lesion sits in the liver. It could be a cyst.",
-        rule="informative_then_precise",
-        template=None,
-        seed=5,
-    )
-
-
-def test_informative_exception_wins_over_precise_exception():
-    task = SynthesizedTask("Q?", "So, forest.", "Trees everywhere, so the land cover is forest.")
-    assert compose(task, seed=1).rule == "informative_only"
+# ------------------------------------------------------------------------------------------------ the conclusion rule
 
 
 @pytest.mark.parametrize(
-    ("text", "expected"),
+    ("informative", "precise", "rule"),
     [
-        ("so the answer is B", True),
-        ("Thus it is benign", True),
-        ("THEREFORE, benign", True),
-        ("The final diagnosis", True),
-        ("As a result the field floods", True),
-        ("It could be a cyst", True),
-        ("It could  be a cyst", True),
-        ("It is also red", False),
-        ("An ISO standard", False),
-        ("The resultant image", False),
-        ("Answering the call", False),
-        ("It could have been", False),
+        # "so " inside "also ": the release's substring test fires.
+        ("The lesion is also visible on the left side", "Left", "informative_only"),
+        # "therefore," has no space after the marker: no match; the last piece after ". " is the one tested.
+        ("The scan shows bright bone. Therefore, it is a CT.", "CT", "cot_template"),
+        ("Several features appear. The final diagnosis is pneumonia.", "Pneumonia", "informative_only"),
+        # A line break does not split sentences: only ". " does.
+        ("Findings are clear. The answer is below\nIt shows a lung", "Lung", "informative_only"),
+        # "result:" is not "result ".
+        ("The dish has noodles and peanuts.", "Result: pad thai", "cot_template"),
+        # The precise answer is tested anywhere, case-insensitively: "also " holds "so ".
+        ("The dish has noodles and peanuts.", "Also pad thai", "informative_then_precise"),
+        # "!" does not end a sentence: the whole text is the last piece.
+        ("So it is big! It is round", "Round", "informative_only"),
+        ("It won the semifinal round", "Yes", "informative_only"),
+        # "answer" at the very end has no trailing space (the text is stripped first).
+        ("The cells are enlarged and the answer ", "Yes", "cot_template"),
+        # A marker before the last ". " piece does not count.
+        ("So it rains. The ground is wet", "Wet", "cot_template"),
+        # ".So" has no space after the period: no split, "so " is in the one piece.
+        ("It is wet.So it rains", "Rain", "informative_only"),
+        ("A round, fluid-filled lesion sits in the liver.", "It could be a cyst", "informative_then_precise"),
+        ("THUS THE FIELD FLOODS", "Flood", "informative_only"),
+        # Rule 1 is checked first.
+        ("Trees everywhere, so the land cover is forest.", "So, forest.", "informative_only"),
     ],
 )
-def test_conclusion_markers_match_whole_words_in_any_case(text, expected):
-    assert concludes(text) is expected
+def test_conclusion_rule_is_the_releases_substring_test(informative, precise, rule):
+    assert conclusion_rule(SynthesizedTask("Q?", precise, informative)) == rule
 
 
-def test_last_sentence_splits_on_sentence_ends_and_line_breaks():
-    assert last_sentence("One. Two! Three?") == "Three?"
-    assert last_sentence("Steps:\nMix the batter\nBake it") == "Bake it"
-    assert last_sentence("Single sentence without period") == "Single sentence without period"
+# ------------------------------------------------------------------------------------------------------ the exchanges
+
+
+def first_seed(task: SynthesizedTask, template: int) -> int:
+    return next(seed for seed in SEEDS if compose(task, seed).template == template)
+
+
+def test_a_verbatim_forward_cot_pattern_writes_reasoning_then_answer():
+    # COT_PATTERNS[0]: the question as asked -> "{reasoning}\nSo the answer is: {answer}"
+    seed = first_seed(COT_TASK, 0)
+    assert compose(COT_TASK, seed) == Composition(
+        user=QUESTION, response=f"{INFORMATIVE}\nSo the answer is: {PRECISE}", rule="cot_template", kind="forward",
+        template=0, seed=seed)
+
+
+def test_an_answer_given_cot_pattern_asks_for_the_question():
+    # "Reasoning: {reasoning}\nAnswer: {answer}" -> "Question: {question}"
+    template = next(index for index, pattern in enumerate(COT_PATTERNS)
+                    if pattern.user == "Reasoning: {reasoning}\nAnswer: {answer}")
+    composition = compose(COT_TASK, first_seed(COT_TASK, template))
+    assert composition.kind == "question_from_rationale_answer"
+    assert composition.user == f"Reasoning: {INFORMATIVE}\nAnswer: {PRECISE}"
+    assert composition.response == f"Question: {QUESTION}"
+
+
+def test_the_exceptions_use_the_informative_answer_alone_or_followed_by_the_precise_one():
+    # BASIC_PATTERNS[0]: the question as asked -> the answer as it is.
+    seed = first_seed(BASIC_TASK, 0)
+    assert compose(BASIC_TASK, seed) == Composition(
+        user=QUESTION, response=CONCLUDING, rule="informative_only", kind="forward", template=0, seed=seed)
+    joined = SynthesizedTask(QUESTION, "So right.", INFORMATIVE)
+    composition = compose(joined, first_seed(joined, 0))
+    assert (composition.rule, composition.response) == ("informative_then_precise", f"{INFORMATIVE} So right.")
+
+
+def test_every_kind_puts_each_text_where_its_name_says():
+    """Hand-derived from the kind names: what the user turn gives and what the response writes."""
+    places = {  # kind -> (texts in the user turn, texts in the response)
+        "forward": ({QUESTION}, {INFORMATIVE, PRECISE}),
+        "rationale_only": ({QUESTION}, {INFORMATIVE}),
+        "rationale_from_answer": ({QUESTION, PRECISE}, {INFORMATIVE}),
+        "question_answer_from_rationale": ({INFORMATIVE}, {QUESTION, PRECISE}),
+        "question_from_rationale_answer": ({INFORMATIVE, PRECISE}, {QUESTION}),
+        "question_rationale_from_answer": ({PRECISE}, {QUESTION, INFORMATIVE}),
+    }
+    texts = {QUESTION, INFORMATIVE, PRECISE}
+    for index in range(len(COT_PATTERNS)):
+        composition = compose(COT_TASK, first_seed(COT_TASK, index))
+        given, written = places[composition.kind]
+        assert {text for text in texts if text in composition.user} == given, composition
+        assert {text for text in texts if text in composition.response} == written, composition
+    basic_places = {"forward": ({QUESTION}, {CONCLUDING}), "question_from_answer": ({CONCLUDING}, {QUESTION}),
+                    "question_from_image": (set(), {QUESTION})}
+    for index in range(len(BASIC_PATTERNS)):
+        composition = compose(BASIC_TASK, first_seed(BASIC_TASK, index))
+        given, written = basic_places[composition.kind]
+        assert {text for text in (QUESTION, CONCLUDING) if text in composition.user} == given, composition
+        assert {text for text in (QUESTION, CONCLUDING) if text in composition.response} == written, composition
+
+
+def test_texts_are_inserted_as_they_are():
+    task = SynthesizedTask("What is {x}?", " Right. ", "It is {y} here.\n")
+    composition = compose(task, first_seed(task, 0))
+    assert composition.user == "What is {x}?"
+    assert composition.response == "It is {y} here.\n\nSo the answer is:  Right. "
+
+
+def test_the_draw_follows_the_seed():
+    assert [compose(COT_TASK, seed) for seed in SEEDS[:50]] == [compose(COT_TASK, seed) for seed in SEEDS[:50]]
+    assert len({compose(COT_TASK, seed).template for seed in SEEDS}) == len(COT_PATTERNS)
+
+
+# ---------------------------------------------------------------------------------------------------- the proportions
+
+
+def test_pattern_weights_are_the_releases_counts():
+    for patterns, release, verbatim in ((COT_PATTERNS, RELEASE_COT, RELEASE_VERBATIM_FORWARD["cot"]),
+                                        (BASIC_PATTERNS, RELEASE_BASIC, RELEASE_VERBATIM_FORWARD["basic"])):
+        weights = Counter()
+        for pattern in patterns:
+            weights[pattern.kind] += pattern.weight
+        assert dict(weights) == release
+        assert sum(p.weight for p in patterns if p.kind == "forward" and p.user == "{question}") == verbatim
+
+
+def within(count: int, draws: int, probability: float) -> bool:
+    """The observed share is within 4 standard errors of the expected one. For a correct weighting this fails with
+    probability about 6e-5 per share (and the seeds are fixed, so the test is deterministic); a weighting off by a
+    few release patterns in a 10% kind (e.g. uniform over our templates) is off by more than that at 6000 draws."""
+    return abs(count / draws - probability) <= 4 * math.sqrt(probability * (1 - probability) / draws)
+
+
+@pytest.mark.parametrize(("task", "release", "verbatim"), [
+    (COT_TASK, RELEASE_COT, RELEASE_VERBATIM_FORWARD["cot"]),
+    (BASIC_TASK, RELEASE_BASIC, RELEASE_VERBATIM_FORWARD["basic"]),
+])
+def test_kinds_are_drawn_in_the_releases_proportions(task, release, verbatim):
+    compositions = [compose(task, seed) for seed in SEEDS]
+    kinds = Counter(composition.kind for composition in compositions)
+    total = sum(release.values())
+    assert set(kinds) == set(release)
+    for kind, count in release.items():
+        assert within(kinds[kind], DRAWS, count / total), (kind, kinds[kind])
+    forward = [composition for composition in compositions if composition.kind == "forward"]
+    asked_as_is = sum(composition.user == QUESTION for composition in forward)
+    assert within(asked_as_is, len(forward), verbatim / release["forward"]), asked_as_is

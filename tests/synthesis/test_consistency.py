@@ -87,7 +87,29 @@ def test_braces_in_a_task_are_kept_literally():
         ("Yesterday", None),
     ],
 )
-def test_parse_label(text, label):
+def test_parse_label_leniently(text, label):
+    assert parse_label(text, lenient=True) == label
+
+
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [
+        # The release keeps a task only when the output, stripped and lower-cased, IS "yes".
+        (" Yes", "yes"),
+        (" Yes\n", "yes"),
+        (" YES", "yes"),
+        ("Yes.", None),
+        (" Yes,", None),
+        (" yes it", None),
+        ("Yes\n##", None),
+        (" Yesterday", None),
+        (" No", "no"),
+        ("Open", "open"),
+        (" No.", None),
+        ("", None),
+    ],
+)
+def test_parse_label_as_released(text, label):
     assert parse_label(text) == label
 
 

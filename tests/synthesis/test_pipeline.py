@@ -11,9 +11,9 @@ import pytest
 
 from engine.config import ConfigError, RunConfig, load_config
 from engine.cli import main
-from engine.synthesis.pipeline import SynthesisStage, synthesis_fingerprint, with_tuned_synthesizer
+from engine.synthesis.pipeline import SynthesisStage, file_groups, synthesis_fingerprint, with_tuned_synthesizer
 from tests.conftest import base_tree, write_config
-from tests.fixtures import CORRUPT_EXPECTATIONS, write_corrupt_jsonl_dataset, write_pairs_as
+from tests.fixtures import CORRUPT_EXPECTATIONS, png_bytes, write_corrupt_jsonl_dataset, write_pairs_as
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -66,6 +66,10 @@ def test_outputs_load_with_datasets(ray_cluster, tmp_path):
     out = tmp_path / "run" / "synthesis"
     loaded = datasets.load_dataset("parquet", data_files=str(out / "instructions" / "*.parquet"), split="train")
     assert len(loaded) == 2 and set(loaded.column_names) >= {"id", "images", "messages", "kind"}
+    assert loaded.features["images"] == datasets.List(datasets.Image())  # decoded by datasets itself
+    assert all(image.size == (64, 64) for row in loaded for image in row["images"])
+    # Each image is stored once: the working rows lose their bytes once the sets are published.
+    assert all("image" not in pq.read_schema(path).names for path in (out / "_rows").glob("*.parquet"))
     tasks = datasets.load_dataset("parquet", data_files=str(out / "tasks" / "*.parquet"), split="train")
     assert set(tasks["source_id"]) <= {"good-1", "good-2"}
     manifest = json.loads((out / "manifest.json").read_text())
@@ -129,3 +133,40 @@ def test_a_tuned_synthesizer_replaces_the_configured_model(workdir):
     # How the synthesizer was tuned decides the tasks: it is part of the synthesis fingerprint.
     untuned = load_config(write_config(workdir, base_tree()))
     assert synthesis_fingerprint(config) != synthesis_fingerprint(untuned)
+
+
+def test_the_releases_record_shape_through_the_pipeline(ray_cluster, tmp_path):
+    """A JSON array of records in the release's shape: each record's instruction asks for its caption, and every
+    kept task is composed with its kind recorded and counted."""
+    folder = tmp_path / "data"
+    (folder / "images").mkdir(parents=True)
+    records = []
+    for index in range(8):
+        (folder / "images" / f"{index}.png").write_bytes(png_bytes((30 * index, 90, 200), size=64))
+        records.append({"images": [f"images/{index}.png"], "messages": [
+            {"role": "user", "content": f"<image>Write a recipe for dish {index}."},
+            {"role": "assistant", "content": f"A bowl of red soup number {index} with green herbs.\n"}]})
+    (folder / "image_caption_pairs.json").write_text(json.dumps(records, indent=2))
+    manifest = SynthesisStage(rule_based_config(folder, tmp_path / "run")).run()
+
+    assert manifest["rows_in"] == manifest["rows_out"] == 8
+    examples = read_set(tmp_path / "run", "instructions")
+    for example in examples:
+        index = int(example["id"].rsplit(":", 1)[1])
+        assert example["messages"][0]["content"] == f"<image>\nWrite a recipe for dish {index}."
+        assert example["messages"][1]["content"] == f"A bowl of red soup number {index} with green herbs.\n"
+    tasks = read_set(tmp_path / "run", "tasks")
+    kept = [task for task in tasks if task["kept"]]
+    assert kept and all(task["task_kind"] and task["compose_rule"] for task in kept)
+    assert sum(manifest["task_kinds"].values()) == len(kept) == manifest["tasks_kept"]
+
+
+def test_published_files_group_the_rows_files_by_size(tmp_path):
+    import fsspec
+
+    for index, size in enumerate([40, 70, 10, 100, 5]):
+        (tmp_path / f"part-{index}.parquet").write_bytes(b"x" * size)
+    (tmp_path / "notes.txt").write_text("not a rows file")
+    groups = file_groups(fsspec.filesystem("file"), str(tmp_path), target_bytes=100)
+    assert [[path.rsplit("/", 1)[-1] for path in group] for group in groups] == [
+        ["part-0.parquet", "part-1.parquet"], ["part-2.parquet", "part-3.parquet"], ["part-4.parquet"]]

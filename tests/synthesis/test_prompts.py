@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from engine.synthesis.prompts import (
     CAPTION_INSTRUCTION,
     INFORMATIVE_HINT,
@@ -55,6 +57,17 @@ def test_mllama_synthesizer_prompt_ends_in_an_open_user_turn():
 def test_caption_is_kept_verbatim_including_line_breaks():
     caption = "Dish: Strawberry Waffles\n\nSteps to prepare:\na). Preheat the waffle iron."
     assert f"<|end_header_id|>\n\n{caption}<|eot_id|>" in synthesizer_prompt(caption)
+
+
+@pytest.mark.parametrize("family", ["llava-llama3", "qwen2-vl", "mllama"])
+def test_an_image_placeholder_in_a_caption_stays_text(family):
+    """The release sends the caption verbatim: "<image>" in it is text, not a second image."""
+    caption = " Line one.\nLine two with <image> inside. "
+    prompt = synthesizer_prompt(caption, family)
+    image_token = {"llava-llama3": "<|reserved_special_token_4|>", "qwen2-vl": "<|image_pad|>",
+                   "mllama": "<|image|>"}[family]
+    assert prompt.count(image_token) == 1 and prompt.count("<image>") == 1
+    assert caption in prompt
 
 
 def test_messages_are_the_caption_exchange_with_an_image_placeholder():

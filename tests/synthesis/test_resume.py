@@ -30,6 +30,8 @@ def write_config(tmp_path: Path, data: Path, vlm: Path) -> Path:
             "prompt_format": "family",
             "engine": {"model": str(vlm), "family": "qwen2-vl", "backend": "transformers", "device": "cpu",
                        "num_cpus": 0.5, "batch_size": 4, "max_tokens": 24},
+            # The random-weight model writes no task; every pair must still be published for the counts below.
+            "keep_pairs_without_task": True,
         },
         "filter": {"judge": "lexical"},
     }

@@ -170,10 +170,23 @@ def test_synthesizer_tuning_labels_everything_after_the_caption_turn(processor):
     (run,) = labelled_runs(example)
     rendered = render_with_spans(QWEN, synthesizer["messages"], synthesizer["loss_from"])
     caption_end = rendered.text.index("A red square.<|im_end|>\n") + len("A red square.<|im_end|>\n")
-    # The open user header is the synthesis prompt's last text; the model writes everything after it, then stops.
-    assert processor.tokenizer.decode(run) == rendered.text[caption_end + len("<|im_start|>user\n"):]
+    # As in the release's tuning, the first QA turn's user header is labelled too, and everything after it.
+    assert processor.tokenizer.decode(run) == rendered.text[caption_end:]
+    assert processor.tokenizer.decode(run).startswith("<|im_start|>user\nAnswer with a")
     assert processor.tokenizer.decode(run).endswith("<|im_end|>\n<|endoftext|>")
     assert "A red square." not in processor.tokenizer.decode(run)
+
+
+def test_synthesizer_tuning_labels_from_the_first_qa_header_in_the_released_format():
+    messages = [{"role": "user", "content": "<image>\nDescribe the image."}, {"role": "assistant", "content": "Cap."},
+                {"role": "user", "content": "Answer with a precise response.\nQ?"},
+                {"role": "assistant", "content": "A"}]
+    rendered = render_with_spans("llava-llama3", messages, loss_from=2)
+    (span,) = rendered.spans
+    assert rendered.text[span[0]:span[1]] == ("<|start_header_id|>user<|end_header_id|>\n\nAnswer with a precise "
+                                              "response.\nQ?<|eot_id|><|start_header_id|>assistant<|end_header_id|>"
+                                              "\n\nA<|eot_id|><|end_of_text|>")
+    assert rendered.text[:span[0]].endswith("Cap.<|eot_id|>")  # the caption turn's end token is not learnt
 
 
 def test_a_batch_pads_tokens_concatenates_images_and_runs_through_the_model(processor, model):

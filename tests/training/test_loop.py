@@ -1,11 +1,12 @@
-"""The training stage: planning, schedule, parameter groups and DeepSpeed settings (fast), and on a local Ray with the
-tiny Qwen2-VL (slow): the demo config's training (2 workers, ZeRO-2) killed after a checkpoint and resumed, its loss
-curve and its export in transformers and vLLM; a short ZeRO-3 run over both phases of two-stage training."""
+"""The training stage: its fingerprint and LLaMA-Factory input (fast), and on a local Ray with the tiny Qwen2-VL
+(slow): the demo config's training (2 workers, ZeRO-2) killed after a checkpoint and resumed, its loss curve and its
+export in transformers and vLLM; one of its workers killed mid-run and restarted by Ray Train within the same run;
+synthesizer tuning; a short ZeRO-3 run over both phases of two-stage training. (Planning, schedule, optimizer groups and metrics: tests/training/test_schedule.py,
+test_optim.py, test_metrics_log.py.)"""
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -21,28 +23,25 @@ import torch
 import yaml
 from PIL import Image
 
-from engine.config import ConfigError, EngineConfig, RunConfig, TrainingConfig
+from engine.config import EngineConfig, RunConfig
+from engine.io.run_dir import RunDir
 from engine.io.sinks import export_llama_factory
 from engine.models.backends import GenerationRequest, create_backend
 from engine.models.families import render
 from engine.models.loading import load_model
 from engine.records import EXAMPLE_SCHEMA, SEED_TASK_SCHEMA
+from engine.synthesis.compose import compose
 from engine.synthesis.examples import conversation
 from engine.synthesis.parsing import SynthesizedTask
 from engine.synthesis.prompts import synthesizer_prompt, synthesizer_stop
 from engine.training import mixture
 from engine.training.loop import (
-    MetricsLog,
     TrainingStage,
-    deepspeed_config,
-    lr_multiplier,
-    parameter_groups,
-    plan_training,
     read_llama_factory,
-    read_metrics,
     run_synthesizer_tuning,
     training_fingerprint,
 )
+from engine.training.metrics_log import read_metrics
 from tests.conftest import REPO_ROOT, in_process_vllm, load_tool
 
 EXAMPLES = 48  # 6 steps per epoch at the demo's global batch of 8
@@ -62,9 +61,9 @@ def write_instruction_set(folder: Path, count: int) -> Path:
         colour = json.loads(pair["meta"])["colour"]
         task = None if index % 4 == 3 else SynthesizedTask(
             question="What colour is the shape?", precise=colour, informative=f"The shape is filled with {colour}.")
-        messages, kind = conversation(pair["caption"], task, seed=index)
-        rows.append({"id": pair["id"], "source_id": pair["id"], "images": [pair["image"]], "messages": messages,
-                     "kind": kind})
+        messages, kind = conversation(pair["caption"], None, compose(task, index) if task else None)
+        rows.append({"id": pair["id"], "source_id": pair["id"], "images": [{"bytes": pair["image"], "path": None}],
+                     "messages": messages, "kind": kind})
     folder.mkdir(parents=True)
     columns = {field.name: [row.get(field.name) for row in rows] for field in EXAMPLE_SCHEMA}
     pq.write_table(pa.Table.from_pydict(columns, schema=EXAMPLE_SCHEMA), folder / "part-00000.parquet")
@@ -98,13 +97,6 @@ def run_config(run: Path, dataset: Path, training: dict, temp_dir: str | None = 
     }
 
 
-def training_config(**fields) -> TrainingConfig:
-    base = {"model": "org/model", "family": "qwen2-vl", "use_gpu": False, "precision": "fp32", "num_workers": 2,
-            "micro_batch_size": 2, "global_batch_size": 8,
-            "deepspeed_config": str(REPO_ROOT / "configs" / "deepspeed" / "zero2.json")}
-    return TrainingConfig.model_validate(base | fields)
-
-
 def latest_checkpoint_step(run: Path) -> int | None:
     """The step of the checkpoint Ray Train resumes from (its snapshot file records the rank-0 metrics we report)."""
     snapshot = run / "training" / "checkpoints" / "checkpoint_manager_snapshot.json"
@@ -116,6 +108,17 @@ def latest_checkpoint_step(run: Path) -> int | None:
 
 def metrics(run: Path) -> list[dict[str, str]]:
     return read_metrics(str(run / "training" / "metrics.csv"))
+
+
+def wait_for_a_step_after_a_checkpoint(run: Path, driver: subprocess.Popen, timeout: float = 300) -> None:
+    """Until a checkpoint exists and a later step was logged (the driver's end or the timeout ends it sooner; the
+    callers then find out what happened)."""
+    deadline = time.monotonic() + timeout
+    while driver.poll() is None and time.monotonic() < deadline:
+        checkpoint, rows = latest_checkpoint_step(run), metrics(run)
+        if checkpoint and rows and int(rows[-1]["step"]) > checkpoint:
+            return
+        time.sleep(0.1)
 
 
 def train_command(config: Path) -> list[str]:
@@ -136,60 +139,7 @@ def describe_request() -> GenerationRequest:
 
 
 
-# ------------------------------------------------------------------------------------------------ planning (fast)
-
-
-def test_plan_counts_whole_global_batches_per_epoch():
-    plan = plan_training({"train": 50}, training_config(epochs=3), num_workers=2)
-    assert [(p.name, p.steps, p.start) for p in plan.phases] == [("train", 18, 0)]  # 50 // 8 = 6 per epoch
-    assert plan.accumulation == 2 and plan.total_steps == 18
-
-
-def test_max_steps_is_shared_among_phases_by_size():
-    plan = plan_training({"captions": 80, "instructions": 40}, training_config(max_steps=9), num_workers=2)
-    assert [(p.name, p.steps, p.start) for p in plan.phases] == [("captions", 6, 0), ("instructions", 3, 6)]
-
-
-def test_a_phase_smaller_than_one_global_batch_is_a_config_error():
-    with pytest.raises(ConfigError, match="training.global_batch_size: phase 'instructions' has 5 examples"):
-        plan_training({"captions": 80, "instructions": 5}, training_config(), num_workers=2)
-
-
-def test_warmup_then_cosine_restarting_in_each_phase():
-    plan = plan_training({"captions": 80, "instructions": 80}, training_config(warmup_ratio=0.2), num_workers=2)
-    schedule = [lr_multiplier(step, plan) for step in range(plan.total_steps)]
-    # 10 steps per phase: 2 of linear warm-up, then cosine from the peak towards 0.
-    assert schedule[:3] == [0.5, 1.0, 1.0]
-    assert all(a > b for a, b in itertools.pairwise(schedule[2:10]))
-    assert 0 < schedule[9] < 0.05
-    assert schedule[10:20] == schedule[:10]
-
-
-def test_parameter_groups_split_the_vision_encoder_from_projector_and_llm(tiny_model_dir):
-    model = load_model(tiny_model_dir / "tiny-qwen2-vl", "image-text-to-text", dtype="float32")
-    names = {id(parameter): name for name, parameter in model.named_parameters()}
-    config = training_config(model=str(tiny_model_dir / "tiny-qwen2-vl"), learning_rate=2e-5,
-                             vision_learning_rate=2e-6, weight_decay=0.1)
-    groups = parameter_groups(model, config)
-    by_group = {(g["part"], g["weight_decay"]): [names[id(p)] for p in g["params"]] for g in groups}
-    assert {key: next(g["lr"] for g in groups if (g["part"], g["weight_decay"]) == key) for key in by_group} == {
-        ("vision", 0.1): 2e-6, ("vision", 0.0): 2e-6, ("language", 0.1): 2e-5, ("language", 0.0): 2e-5}
-    vision = by_group[("vision", 0.1)] + by_group[("vision", 0.0)]
-    assert vision and all(".visual." in name and ".merger." not in name for name in vision)
-    language = by_group[("language", 0.1)] + by_group[("language", 0.0)]
-    assert any(".visual.merger." in name for name in language)  # the projector trains with the language model
-    assert all(name.endswith(("bias", "norm.weight", "norm1.weight", "norm2.weight", "ln_q.weight"))
-               for name in by_group[("vision", 0.0)] + by_group[("language", 0.0)])
-    assert sum(len(g["params"]) for g in groups) == len(names)
-
-
-def test_deepspeed_config_takes_batches_precision_and_optimizer_from_the_training_section():
-    config = deepspeed_config(training_config(global_batch_size=16, micro_batch_size=2, learning_rate=3e-4), 2)
-    assert config["zero_optimization"]["stage"] == 2  # from configs/deepspeed/zero2.json
-    assert (config["train_batch_size"], config["train_micro_batch_size_per_gpu"],
-            config["gradient_accumulation_steps"]) == (16, 2, 4)
-    assert config["bf16"] == {"enabled": False}
-    assert config["optimizer"]["params"]["lr"] == 3e-4 and config["optimizer"]["params"]["torch_adam"] is True
+# ---------------------------------------------------------------------------------------------------- fast
 
 
 def test_the_fingerprint_ignores_resource_fields():
@@ -202,24 +152,14 @@ def test_the_fingerprint_ignores_resource_fields():
     assert training_fingerprint(base) == training_fingerprint(faster) != training_fingerprint(other)
 
 
-def test_metrics_are_cut_back_to_the_resumed_step(tmp_path):
-    url = str(tmp_path / "training" / "metrics.csv")
-    log = MetricsLog(url, resume_step=0)
-    for step in range(1, 7):
-        log.append({"step": step, "loss": 1.0 / step})
-    MetricsLog(url, resume_step=4).append({"step": 5, "loss": 0.5})
-    assert [(row["step"], row["loss"]) for row in read_metrics(url)] == [
-        ("1", "1.0"), ("2", "0.5"), ("3", "0.3333333333333333"), ("4", "0.25"), ("5", "0.5")]
-
-
 def test_a_llama_factory_export_reads_back_as_instruction_rows(tmp_path):
     instructions = write_instruction_set(tmp_path / "instructions", 8)
-    export_llama_factory(instructions, tmp_path / "lf")
+    export_llama_factory(str(instructions), tmp_path / "lf", "adapt_instructions", lambda row: [row])
     rows = read_llama_factory(str(tmp_path / "lf" / "adapt_instructions.json"))
     originals = pq.read_table(instructions).to_pylist()
     assert [row["id"] for row in rows] == [row["id"] for row in originals]
     assert [mixture.example_kind(row | {"images": [None]}) for row in rows] == [row["kind"] for row in originals]
-    assert Path(rows[0]["images"][0]).read_bytes() == originals[0]["images"][0]
+    assert Path(rows[0]["images"][0]).read_bytes() == originals[0]["images"][0]["bytes"]
 
 
 # ------------------------------------------------------------------------------ the demo's training, killed and resumed
@@ -252,12 +192,7 @@ def resumed_run(tmp_path_factory, tiny_model_dir) -> ResumedRun:
     started = time.monotonic()
     first = subprocess.Popen(train_command(config), start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while first.poll() is None and time.monotonic() < deadline:
-        checkpoint, rows = latest_checkpoint_step(run), metrics(run)
-        if checkpoint and rows and int(rows[-1]["step"]) > checkpoint:
-            break
-        time.sleep(0.1)
+    wait_for_a_step_after_a_checkpoint(run, first)
     os.killpg(first.pid, signal.SIGKILL)  # the driver's process group: exactly the Ray it started
     first.wait()
     killed = time.monotonic()
@@ -325,10 +260,56 @@ def test_a_complete_run_is_skipped(resumed_run):
     from engine.config import load_config
 
     manifest = json.loads((resumed_run.run / "training" / "manifest.json").read_text())
+    assert manifest["model"] == "./training/model" and manifest["metrics"] == "./training/metrics.csv"  # portable
     outputs = [resumed_run.run / "training" / name for name in ("metrics.csv", "model/model.safetensors")]
     written = [path.stat().st_mtime_ns for path in outputs]
-    assert TrainingStage(load_config(resumed_run.config)).run() == manifest
+    skipped = TrainingStage(load_config(resumed_run.config)).run()
+    assert skipped["model"] == str(resumed_run.run / "training" / "model")  # read back where the run is now
+    assert RunDir(str(resumed_run.run)).portable(skipped) == manifest
     assert [path.stat().st_mtime_ns for path in outputs] == written  # nothing trained or exported again
+
+
+def train_workers(session: int) -> list[psutil.Process]:
+    """The Ray Train worker processes in the session a driver leads (the Ray it started)."""
+    workers = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if os.getsid(process.pid) == session and "RayTrainWorker" in " ".join(process.info["cmdline"] or []):
+                workers.append(process)
+        except (OSError, psutil.Error):  # gone meanwhile
+            continue
+    return workers
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_killed_worker_is_restarted_and_the_run_resumes_by_itself(tmp_path, tiny_model_dir):
+    """One of the two workers is SIGKILLed after a checkpoint: the same run (`training.max_failures`, default 3)
+    restarts the workers from that checkpoint and ends with every planned step logged once."""
+    dataset = write_instruction_set(tmp_path / "instructions", 32)  # 4 steps per epoch
+    run = tmp_path / "run"
+    training = demo_training_section(tiny_model_dir / "tiny-qwen2-vl", dataset, epochs=2, checkpoint_every=2)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(run_config(run, dataset, training, temp_dir=f"/tmp/ray-fail-{os.getpid()}")))
+    log = tmp_path / "driver.log"
+    with open(log, "w") as output:
+        driver = subprocess.Popen(train_command(config), start_new_session=True, stdout=output, stderr=output)
+    try:
+        wait_for_a_step_after_a_checkpoint(run, driver)
+        workers = train_workers(driver.pid)
+        assert len(workers) == 2, f"expected the 2 Ray Train workers, found {[w.cmdline() for w in workers]}"
+        killed_after = int(metrics(run)[-1]["step"])
+        workers[1].kill()  # a process of the Ray this test's driver started
+        driver.wait(timeout=400)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert driver.returncode == 0, output[-4000:]
+    assert killed_after < 8, "the run finished before a worker could be killed"
+    assert "resumed from the checkpoint of step" in output  # the same run, no second command
+    assert [int(row["step"]) for row in metrics(run)] == list(range(1, 9))  # redone steps appear once
+    assert json.loads((run / "training" / "manifest.json").read_text())["steps"] == 8
 
 
 # ------------------------------------------------------------------------------------------------- ZeRO-3 (short)
@@ -373,7 +354,11 @@ def test_synthesizer_tuning_trains_on_seed_tasks_and_exports_a_synthesizer(ray_c
                                                             "backend": "transformers", "device": "cpu"}}
     manifest = run_synthesizer_tuning(RunConfig.model_validate(tree))
 
-    assert manifest["task"] == "synthesizer" and manifest["phases"][0]["examples"] == 16
+    # 10% of the seed rows are held out as dev (a seeded draw per row id): at seed 0, 1 of these 16.
+    dev = [row_id for row_id in pq.read_table(seed_tasks).column("id").to_pylist()
+           if mixture.is_dev_row(row_id, 0, 0.1)]
+    assert len(dev) == 1
+    assert manifest["task"] == "synthesizer" and manifest["phases"][0]["examples"] == 15
     rows = read_metrics(str(run / "synthesizer_tuning" / "metrics.csv"))
     assert [(row["phase"], row["samples"], row["dropped"]) for row in rows] == [("synthesizer", "4", "0")] * 2
     # The tuned model answers the synthesis prompt (the caption exchange, then an open user turn) as a synthesizer.

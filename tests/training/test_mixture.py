@@ -7,9 +7,11 @@ import io
 import pytest
 from PIL import Image
 
+from engine.config import TrainingConfig
 from engine.synthesis.examples import CAPTION_PROMPT
 from engine.synthesis.prompts import INFORMATIVE_HINT, PRECISE_HINT
 from engine.training import mixture
+from tests.conftest import REPO_ROOT
 from tests.fixtures import png_bytes
 
 IMAGE = png_bytes(size=112)
@@ -107,6 +109,20 @@ def test_two_stage_gives_captions_first_then_instructions():
         assert contents(conversation) == [f"<image>\nQuestion {index}?", f"Answer {index}."]
 
 
+def test_the_caption_exchange_is_known_by_its_place_not_its_instruction():
+    row = instruction_row(5, "caption+synthetic")
+    row["messages"][0]["content"] = "<image>\nGenerate a recipe for this delicious food."
+    without_kind = {key: value for key, value in row.items() if key != "kind"}
+    for candidate in (row, without_kind):
+        example = mixture.parse_example(candidate)
+        assert example.caption == mixture.Exchange("Generate a recipe for this delicious food.", "Caption 5.")
+        assert example.synthetic == [mixture.Exchange("Question 5?", "Answer 5.")]
+    assert mixture.example_kind(without_kind) == "caption+synthetic"
+    (caption_phase,) = mixture.phases("caption_only")
+    assert contents(caption_phase[1](row, 0)[0]) == ["<image>\nGenerate a recipe for this delicious food.",
+                                                     "Caption 5."]
+
+
 @pytest.mark.parametrize("name", list(mixture.MIXTURES))
 def test_phase_counts_match_the_expansion(name):
     rows = mixed_rows(40)
@@ -172,6 +188,32 @@ def test_blank_images_replace_the_given_fraction():
     row = rows[0]
     blank = mixture.synthesizer_conversation(row, 0, 1.0)[0]["images"][0]
     with Image.open(io.BytesIO(blank)) as image:
-        assert image.size == (84, 84)  # same size, so the same number of image tokens
-        assert image.convert("RGB").getextrema() == ((255, 255), (255, 255), (255, 255))
+        # The release's Blank.jpg: a white 237 x 150 JPEG, whatever the image it replaces.
+        assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (237, 150))
+        assert image.getextrema() == ((255, 255), (255, 255), (255, 255))
+    assert mixture.synthesizer_conversation(rows[1], 0, 1.0)[0]["images"][0] == blank
     assert mixture.synthesizer_conversation(row, 0, 0.0)[0]["images"] == [row["image"]]
+
+
+def test_a_dev_share_of_seed_rows_is_held_out_the_same_way_every_time():
+    rows = [seed_row(index, tasks=1) for index in range(1000)]
+    held_out = [row["id"] for row in rows if not mixture.synthesizer_conversation(row, 3, 0.0, dev_fraction=0.1)]
+    # 1000 draws at 10%: 100 expected, standard deviation 9.5; 4 of them either side.
+    assert 62 <= len(held_out) <= 138
+    assert held_out == [row["id"] for row in rows if mixture.is_dev_row(row["id"], 3, 0.1)]
+    assert held_out != [row["id"] for row in rows if mixture.is_dev_row(row["id"], 4, 0.1)]  # it follows the seed
+    # A larger share holds out a superset: a row's draw does not depend on the share asked.
+    assert set(held_out) <= {row["id"] for row in rows if mixture.is_dev_row(row["id"], 3, 0.2)}
+    # The split is its own draw: the blank-image and shuffle draws of the rows kept are unchanged by it.
+    kept = next(row for row in rows if row["id"] not in held_out)
+    assert mixture.synthesizer_conversation(kept, 3, 0.5, 0.1) == mixture.synthesizer_conversation(kept, 3, 0.5)
+    assert all(mixture.synthesizer_conversation(row, 3, 0.0) for row in rows)  # no split unless asked
+
+
+def test_the_tuning_section_defaults_to_the_releases_two_epochs_and_ten_percent_dev():
+    base = {"model": "org/model", "family": "qwen2-vl", "use_gpu": False, "precision": "fp32",
+            "deepspeed_config": str(REPO_ROOT / "configs" / "deepspeed" / "zero2.json")}
+    tuning = TrainingConfig.model_validate(base | {"task": "synthesizer"})
+    assert (tuning.epochs, tuning.dev_fraction, tuning.blank_image_fraction) == (2, 0.1, 0.1)
+    assert TrainingConfig.model_validate(base | {"task": "synthesizer", "epochs": 3}).epochs == 3
+    assert TrainingConfig.model_validate(base).epochs == 1  # post-training: the paper's one epoch

@@ -31,13 +31,16 @@ class RecordError(ValueError):
 
 
 def text_label(value: Any) -> str:
-    """A single-answer label (a string or a number) as stored: its text, stripped."""
+    """A single-answer label (a string or a number) as stored: its text, unchanged.
+
+    An empty label is kept: the official evaluation scores it (see engine.evaluation.scoring), and its comparisons see
+    the label as written, edge spaces included.
+    """
+    if value is None:
+        raise RecordError("missing_field", "no 'label'")
     if isinstance(value, (list, tuple, dict)):
         raise RecordError("bad_label", f"expected one answer, got {type(value).__name__}")
-    text = str(value).strip()
-    if not text:
-        raise RecordError("missing_field", "empty 'label'")
-    return text
+    return str(value)
 
 
 def list_label(value: Any) -> list[Any]:
@@ -46,7 +49,8 @@ def list_label(value: Any) -> list[Any]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
-            value = [value]  # a bare class name
+            # A bare class name; "" names none (the official code iterates the label, and "" has no items).
+            value = [value] if value else []
     if isinstance(value, (str, int)):
         value = [value]
     if not isinstance(value, (list, tuple)) or not all(isinstance(item, (str, int)) for item in value):
@@ -77,6 +81,11 @@ class TaskSpec:
     label: Callable[[Any], Any] = text_label
     list_label: bool = False
 
+    def answer_budget(self, cap: int | None) -> int:
+        """New tokens an answer may take: the task's (the paper's 1024, or 256), capped by an engine's `max_tokens`
+        when it sets one (small models, smoke runs)."""
+        return self.max_tokens if cap is None else min(self.max_tokens, cap)
+
     def user_turn(self, text: str) -> str:
         """The user message of a record: the image, then its `input` text."""
         return f"{IMAGE_PLACEHOLDER}\n{text}"
@@ -104,10 +113,11 @@ class TaskSpec:
     def summarize(self, rows: Iterable[tuple[int, Mapping[str, Any]]]) -> dict[str, Any]:
         """Task scores over (example index, scoring row) pairs.
 
-        As in the paper's evaluation, a row whose prediction is missing (the model failed on it) is scored like a
-        wrong answer. A row the scorer refuses (no label, no options, an unknown answer type) is left out and
-        counted as `unscorable`; rows carrying an `error` are counted as `errors` (and as `error_pct` of all rows).
-        These keys appear only when non-zero. `n` is the number of rows scored.
+        A row whose prediction is missing (the model failed on it) is scored as an empty answer; a row with an empty
+        label is scored and counted, as in the paper's evaluation. A row the scorer refuses (no label, no options,
+        an answer type other than OPEN or CLOSED) is left out and counted as `unscorable`; rows carrying an `error`
+        are counted as `errors` (and as `error_pct` of all rows). These keys appear only when non-zero. `n` is the
+        number of rows scored.
         """
         scorer = task_scorer(self.scorer)
         scores, unscorable, errors = [], 0, 0

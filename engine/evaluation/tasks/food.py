@@ -27,8 +27,11 @@ def _food101_option_by_name() -> dict[str, str]:
 
 
 def food101_label(value: Any) -> str:
-    """A Food101 label (class name, or an option number already) as its option number '0'..'100'."""
-    text = text_label(value)
+    """A Food101 label (class name, or an option number already) as its option number '0'..'100'.
+
+    A label that names no class (the empty label included) is refused: the official code stops with a KeyError there.
+    """
+    text = text_label(value).strip()
     if text.isdigit() and int(text) < len(vocabularies.food101_classes()):
         return text
     option = _food101_option_by_name().get(text.replace("_", " ").lower())
