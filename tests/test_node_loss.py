@@ -36,12 +36,9 @@ def agent_ports() -> dict[str, int]:
 
 
 class ThreeNodes:
-    def __init__(self, temp_dir: str):
-        from ray.cluster_utils import Cluster
-
-        self.cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "include_dashboard": False, "temp_dir": temp_dir, **agent_ports()})
-        self.workers = [self.add_worker() for _ in range(2)]
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.workers = []
 
     @property
     def address(self) -> str:
@@ -77,19 +74,38 @@ class ThreeNodes:
 @pytest.fixture
 def three_nodes():
     """A fresh cluster per test; afterwards every node it started is stopped (and nothing else)."""
+    from ray.cluster_utils import Cluster
+
     temp_dir = tempfile.mkdtemp(prefix="raynl-", dir="/tmp")  # short: socket paths must stay under 107 bytes
-    nodes = ThreeNodes(temp_dir)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                                            "temp_dir": temp_dir, **agent_ports()})
     try:
+        nodes = ThreeNodes(cluster)
+        for _ in range(2):
+            nodes.workers.append(nodes.add_worker())
         yield nodes
     finally:
-        nodes.cluster.shutdown()
+        cluster.shutdown()  # the nodes this cluster started, by their processes
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def start_driver(command: str, config: Path, log: Path) -> subprocess.Popen:
-    with open(log, "a") as output:
-        return subprocess.Popen([sys.executable, "-m", "engine.cli", command, str(config)], cwd=REPO_ROOT,
-                                stdout=output, stderr=output)
+@pytest.fixture
+def start_driver():
+    """Starts a stage's driver process; one still running when the test ends (an assertion failed while it ran) is
+    killed by its PID, before the cluster stops (fixtures tear down in reverse order: request it after three_nodes)."""
+    started: list[subprocess.Popen] = []
+
+    def start(command: str, config: Path, log: Path) -> subprocess.Popen:
+        with open(log, "a") as output:
+            started.append(subprocess.Popen([sys.executable, "-m", "engine.cli", command, str(config)],
+                                            cwd=REPO_ROOT, stdout=output, stderr=output))
+        return started[-1]
+
+    yield start
+    for driver in started:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
 
 
 def wait_until(condition: Callable[[], object], driver: subprocess.Popen, timeout: float = 300) -> object:
@@ -102,11 +118,7 @@ def wait_until(condition: Callable[[], object], driver: subprocess.Popen, timeou
 
 
 def finish(driver: subprocess.Popen, log: Path, timeout: float = 400) -> str:
-    try:
-        driver.wait(timeout=timeout)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+    driver.wait(timeout=timeout)  # past it, the start_driver fixture kills the driver
     output = log.read_text()
     assert driver.returncode == 0, output[-4000:]
     return output
@@ -145,7 +157,7 @@ def assert_every_id_published_once(run: Path) -> dict:
     return manifest
 
 
-def test_synthesis_survives_a_lost_node_and_publishes_every_id_once(three_nodes, tmp_path):
+def test_synthesis_survives_a_lost_node_and_publishes_every_id_once(three_nodes, tmp_path, start_driver):
     config, run = synthesis_config(tmp_path, three_nodes.address)
     log = tmp_path / "driver.log"
     driver = start_driver("synthesize", config, log)
@@ -156,7 +168,7 @@ def test_synthesis_survives_a_lost_node_and_publishes_every_id_once(three_nodes,
     assert_every_id_published_once(run)
 
 
-def test_a_driver_killed_while_a_node_is_down_resumes_exactly_once(three_nodes, tmp_path):
+def test_a_driver_killed_while_a_node_is_down_resumes_exactly_once(three_nodes, tmp_path, start_driver):
     config, run = synthesis_config(tmp_path, three_nodes.address)
     log = tmp_path / "driver.log"
     driver = start_driver("synthesize", config, log)
@@ -178,7 +190,7 @@ def test_a_driver_killed_while_a_node_is_down_resumes_exactly_once(three_nodes, 
 # --------------------------------------------------------------------------------------------------------- evaluation
 
 
-def test_evaluation_survives_the_loss_of_its_engines_node(three_nodes, tmp_path, tiny_model_dir):
+def test_evaluation_survives_the_loss_of_its_engines_node(three_nodes, tmp_path, start_driver, tiny_model_dir):
     rows = 48
     data = tmp_path / "demo"
     args = ["--out", str(data), "--train", "0", "--benchmark", str(rows), "--seed-tasks", "0", "--no-real"]
@@ -209,7 +221,8 @@ def test_evaluation_survives_the_loss_of_its_engines_node(three_nodes, tmp_path,
 # ----------------------------------------------------------------------------------------------------------- training
 
 
-def test_training_restarts_its_workers_from_the_checkpoint_when_a_node_is_lost(three_nodes, tmp_path, tiny_model_dir):
+def test_training_restarts_its_workers_from_the_checkpoint_when_a_node_is_lost(three_nodes, tmp_path, start_driver,
+                                                                               tiny_model_dir):
     from tests.training.test_loop import (
         demo_training_section,
         latest_checkpoint_step,

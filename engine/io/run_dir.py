@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Callable
 from typing import Any
 
 import fsspec
@@ -107,25 +108,31 @@ class Folder:
 
     def portable(self, value: Any) -> Any:
         """`value` (JSON-like) with every path inside this folder, as a URL or an `fs` path, made relative to it."""
-        if isinstance(value, dict):
-            return {key: self.portable(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [self.portable(item) for item in value]
-        if isinstance(value, str):
+        def relative(text: str) -> str:
             for prefix in (self.url_root, self.root):
-                if value == prefix or value.startswith(prefix + "/"):
-                    return RELATIVE + value[len(prefix) + 1:]
-        return value
+                if text == prefix or text.startswith(prefix + "/"):
+                    return RELATIVE + text[len(prefix) + 1:]
+            return text
+
+        return _map_strings(value, relative)
 
     def resolved(self, value: Any) -> Any:
         """The inverse of `portable`: relative paths made addresses under this folder where it is now."""
-        if isinstance(value, dict):
-            return {key: self.resolved(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [self.resolved(item) for item in value]
-        if isinstance(value, str) and value.startswith(RELATIVE):
-            return self.url(value[len(RELATIVE):]) if len(value) > len(RELATIVE) else self.url_root
-        return value
+        def address(text: str) -> str:
+            if not text.startswith(RELATIVE):
+                return text
+            return self.url(text[len(RELATIVE):]) if len(text) > len(RELATIVE) else self.url_root
+
+        return _map_strings(value, address)
+
+
+def _map_strings(value: Any, change: Callable[[str], str]) -> Any:
+    """A JSON-like value with `change` applied to every string in it (dict keys excepted)."""
+    if isinstance(value, dict):
+        return {key: _map_strings(item, change) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(item, change) for item in value]
+    return change(value) if isinstance(value, str) else value
 
 
 class StageDir(Folder):

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.checkpoint import CheckpointConfig
 
-from engine.config import ConfigError, EngineConfig, RunConfig, speed_only_fields
+from engine.config import ConfigError, EngineConfig, RunConfig, TrainingConfig, speed_only_fields
 from engine.io.images import ImageLimits
 from engine.io.ray_datasource import CaptionShardDatasource
 from engine.io.run_dir import CHECKPOINT, INSTRUCTIONS, ROWS, SYNTHESIS, TUNING, RunDir, arrow_location
@@ -59,12 +59,11 @@ class ValidateRows(RowStep):
 def synthesis_fingerprint(config: RunConfig) -> str:
     """What decides a synthesis run's outputs: its data, synthesizer (and how it was tuned), filter and seed, not its
     resources."""
+    engine = speed_only_fields(EngineConfig)
     sections = config.model_dump(mode="json", include={"seed", "data", "synthesis", "filter", "synthesizer_tuning"},
+                                 exclude={"synthesis": {"engine": engine}, "filter": {"engine": engine},
+                                          "synthesizer_tuning": speed_only_fields(TrainingConfig)},
                                  exclude_none=True)
-    for section in ("synthesis", "filter"):
-        if sections[section].get("engine"):
-            sections[section]["engine"] = {k: v for k, v in sections[section]["engine"].items()
-                                           if k not in speed_only_fields(EngineConfig)}
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -405,8 +405,8 @@ def synthesizer_phases(training: TrainingConfig, dataset: str, seed: int) -> tup
 
 def training_fingerprint(config: RunConfig) -> str:
     """What decides a training run's result: the training section (less its SPEED_ONLY fields) and the seed."""
-    section = config.model_dump(mode="json", include={"training"})["training"]
-    section = {key: value for key, value in section.items() if key not in speed_only_fields(TrainingConfig)}
+    section = config.model_dump(mode="json", include={"training"},
+                                exclude={"training": speed_only_fields(TrainingConfig)})["training"]
     canonical = json.dumps({"seed": config.seed, "training": section}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -4,6 +4,8 @@ evaluation resumes. The model-selection and config checks at the top run without
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -171,11 +173,13 @@ def test_killed_evaluation_resumes(ray_cluster, demo_benchmark, tiny_model_dir, 
               "from engine.evaluation.runner import run_evaluation; run_evaluation(load_config(sys.argv[1]))")
     command = [sys.executable, "-c", script, str(path)]
 
-    first = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own session: killing the group stops exactly the driver and the Ray it started.
+    first = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
     deadline = time.monotonic() + 240
     while not committed_checkpoints(run) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    first.kill()  # SIGKILL: no clean-up of any kind
+    os.killpg(first.pid, signal.SIGKILL)  # no clean-up of any kind
     first.wait()
     assert not (run / "evaluation" / "report.json").exists(), "the evaluation finished before it could be killed"
     committed = committed_checkpoints(run)
