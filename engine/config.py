@@ -437,10 +437,11 @@ class TrainingConfig(Section, ImageBounds):
         0.1,
         ge=0,
         lt=1,
-        description="Synthesizer tuning: share of seed-task rows held out as the dev split and never trained on (the "
-        "release holds out 10% of each seed task and does not evaluate on it during tuning). A row's split is drawn "
-        "from the run's seed and the row's id, so every task loses the same share in expectation and a row keeps its "
-        "split when rows are added; engine.training.mixture.is_dev_row tells which rows are dev.",
+        description="Synthesizer tuning: share of each seed task held out as the dev split and never trained on (the "
+        "release holds out 10% of each seed task and does not evaluate on it during tuning). A seed task is the rows "
+        "sharing a `task_name` (rows without one are one task); its rows are shuffled with the run's seed and the "
+        "first int(n x (1 - dev_fraction)) are trained on, truncating as the release does, so a task of 20 rows "
+        "holds out 2 and one of 15 also 2; engine.training.mixture.dev_ids tells which rows are dev.",
     )
     seed: int = Field(0, description="Seed of the mixture order, blank images and weight init of new layers.")
 

@@ -132,7 +132,8 @@ PREDICTION_SCHEMA = pa.schema(
 )
 
 # Seed data for synthesizer tuning (DESIGN.md section 4): an image, its caption and question/answer pairs, each with a
-# precise and an informative answer.
+# precise and an informative answer. `task_name` (optional) names the seed task the row belongs to: the dev split is
+# cut per task, as the release cuts it per VFLAN task; rows without one form a single task.
 SEED_TASK_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string()),
@@ -150,5 +151,6 @@ SEED_TASK_SCHEMA = pa.schema(
                 )
             ),
         ),
+        pa.field("task_name", pa.string()),
     ]
 )

@@ -594,7 +594,8 @@ def build_seed_tasks(seed: int, count: int) -> list[dict]:
         drawn, rng = draw_item(seed, "seed_tasks", index)
         caption = make_caption(drawn.scene, rng)
         tasks = [seed_task(drawn.scene, kind, rng) for kind in seed_task_kinds(drawn.scene, rng)]
-        rows.append({"id": drawn.id, "image": drawn.png, "caption": caption, "tasks": tasks})
+        # No task name: every demo row mixes the same question kinds, so the set is one seed task for the dev split.
+        rows.append({"id": drawn.id, "image": drawn.png, "caption": caption, "tasks": tasks, "task_name": None})
     return rows
 
 

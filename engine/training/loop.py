@@ -389,14 +389,25 @@ def target_phases(training: TrainingConfig, dataset: str, seed: int) -> tuple[di
     return datasets, counts
 
 
+def seed_task_names(url: str) -> list[tuple[str, str | None]]:
+    """Each seed-task row's id and `task_name`; a set written without that optional column is one task."""
+    ids = _parquet_column(url, "id")
+    fs, path = fsspec.core.url_to_fs(url)
+    if "task_name" not in pads.dataset(path, filesystem=fs, format="parquet").schema.names:
+        return [(row_id, None) for row_id in ids]
+    return list(zip(ids, _parquet_column(url, "task_name")))
+
+
 def synthesizer_phases(training: TrainingConfig, dataset: str, seed: int) -> tuple[dict[str, Any], dict[str, int]]:
-    """Synthesizer tuning data: one conversation per seed-task row, less the rows held out as dev."""
-    count = sum(not mixture.is_dev_row(row_id, seed, training.dev_fraction)
-                for row_id in _parquet_column(dataset, "id"))
+    """Synthesizer tuning data: one conversation per seed-task row, less the rows held out as dev (cut per seed task
+    on the driver, since the cut needs every row of a task; the workers get the dev ids)."""
+    names = seed_task_names(dataset)
+    dev = mixture.dev_ids(names, seed, training.dev_fraction)
     rows = read_parquet(dataset, ["id", "image", "caption", "tasks"], seed)
     conversations = rows.flat_map(mixture.synthesizer_conversation,
                                   fn_kwargs={"seed": seed, "blank_image_fraction": training.blank_image_fraction,
-                                             "dev_fraction": training.dev_fraction})
+                                             "dev": dev})
+    count = sum(row_id not in dev for row_id, _ in names)
     return {mixture.SYNTHESIZER_PHASE: conversations}, {mixture.SYNTHESIZER_PHASE: count}
 
 

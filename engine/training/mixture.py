@@ -16,9 +16,9 @@ one, says whether it holds a caption exchange; a row without one (the training s
 - ``two_stage`` (ablation): a phase of caption conversations, then a phase of synthetic ones;
 - ``caption_only`` / ``synthetic_only`` (ablations): one of those phases alone.
 
-Every draw uses ``random.Random(f"{seed}:{row id}")`` (the synthesizer-tuning dev split its own
-``f"{seed}:dev:{row id}"``): the same row gets the same conversation in every process, run and resume, whatever order
-the rows arrive in.
+Every draw uses ``random.Random(f"{seed}:{row id}")``: the same row gets the same conversation in every process, run
+and resume, whatever order the rows arrive in. The synthesizer-tuning dev split is the one whole-set draw
+(``dev_ids``, a shuffle per seed task seeded ``f"{seed}:dev:{task name}"``), made once before training.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import io
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -209,24 +209,40 @@ def blank_image() -> bytes:
     return buffer.getvalue()
 
 
-def is_dev_row(row_id: str, seed: int, dev_fraction: float) -> bool:
-    """Whether a seed-task row belongs to the held-out dev split: a draw of its own (not the shuffle's or the blank
-    image's), so the same row is dev in every epoch, process and run."""
-    return random.Random(f"{seed}:dev:{row_id}").random() < dev_fraction
+def dev_ids(rows: Iterable[tuple[str, str | None]], seed: int, dev_fraction: float) -> frozenset[str]:
+    """The ids of the seed-task rows held out as the dev split, from each row's `(id, task_name)`.
+
+    The split is the release's: each seed task on its own (rows sharing a `task_name`; rows with none or an empty one
+    are one task), its rows shuffled and the first int(n * (1 - dev_fraction)) kept for training, the rest dev. int()
+    truncates, as the release's `int(0.9 * n)` cut does, so a task of 15 rows holds out 2 and a task of one row holds
+    out its only row. The shuffle needs every row of a task, so it runs once on the driver over the ids (seed-task sets
+    are thousands of rows). It is seeded by the run's seed and the task's name, where the release uses a fixed seed,
+    and it starts from the ids sorted, where the release starts from its file order: the split is then the same
+    whatever order the files are read in.
+    """
+    tasks: dict[str, list[str]] = {}
+    for row_id, task_name in rows:
+        tasks.setdefault(task_name or "", []).append(row_id)
+    held_out: set[str] = set()
+    for task_name, ids in tasks.items():
+        ids.sort()
+        random.Random(f"{seed}:dev:{task_name}").shuffle(ids)
+        held_out.update(ids[int(len(ids) * (1 - dev_fraction)):])
+    return frozenset(held_out)
 
 
 def synthesizer_conversation(row: dict[str, Any], seed: int, blank_image_fraction: float,
-                             dev_fraction: float = 0.0) -> list[Conversation]:
+                             dev: Collection[str] = frozenset()) -> list[Conversation]:
     """A seed-task row (SEED_TASK_SCHEMA) as a synthesizer learns it (DESIGN.md section 4); none for a dev row.
 
     The caption exchange comes first, then every task as two QA exchanges, one per hint, all shuffled together: the
     synthesizer learns to write questions under both hints in any order, and synthesis keeps the first question that
     appears under both. The loss covers everything after the caption exchange, user turns included, since the
     synthesizer writes those too. With probability `blank_image_fraction` the image is replaced by the blank image, so
-    the model also learns to work from the caption alone. A row of the dev split (`dev_fraction`, see `is_dev_row`)
-    is held out: the release keeps 10% of each seed task out of training.
+    the model also learns to work from the caption alone. A row whose id is in `dev` (see `dev_ids`) is held out: the
+    release keeps 10% of each seed task out of training.
     """
-    if is_dev_row(row["id"], seed, dev_fraction):
+    if row["id"] in dev:
         return []
     rng = rng_for(seed, row["id"])
     qa = []

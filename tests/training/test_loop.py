@@ -39,6 +39,7 @@ from engine.training.loop import (
     TrainingStage,
     read_llama_factory,
     run_synthesizer_tuning,
+    seed_task_names,
     training_fingerprint,
 )
 from engine.training.metrics_log import read_metrics
@@ -150,6 +151,19 @@ def test_the_fingerprint_ignores_resource_fields():
                                                                              "checkpoint_every": 7}})
     other = RunConfig.model_validate(tree | {"training": tree["training"] | {"learning_rate": 1e-4}})
     assert training_fingerprint(base) == training_fingerprint(faster) != training_fingerprint(other)
+
+
+def test_seed_task_names_come_from_the_optional_column_and_split_per_task(tmp_path):
+    rows = [{"id": f"seed-{index:02d}", "task_name": "count" if index < 5 else "ocr"} for index in range(20)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "named.parquet")
+    names = seed_task_names(str(tmp_path / "named.parquet"))
+    assert names == [(row["id"], row["task_name"]) for row in rows]
+    # 5 count rows -> int(4.5) = 4 trained, 1 dev; 15 ocr rows -> 13 trained, 2 dev: 3 in all.
+    assert len(mixture.dev_ids(names, 0, 0.1)) == 3
+    # A set written without the column (before it existed) is one task: 20 rows -> 18 trained, 2 dev.
+    pq.write_table(pa.Table.from_pylist([{"id": row["id"]} for row in rows]), tmp_path / "unnamed.parquet")
+    unnamed = seed_task_names(str(tmp_path / "unnamed.parquet"))
+    assert unnamed == [(row["id"], None) for row in rows] and len(mixture.dev_ids(unnamed, 0, 0.1)) == 2
 
 
 def test_a_llama_factory_export_reads_back_as_instruction_rows(tmp_path):
@@ -354,11 +368,8 @@ def test_synthesizer_tuning_trains_on_seed_tasks_and_exports_a_synthesizer(ray_c
                                                             "backend": "transformers", "device": "cpu"}}
     manifest = run_synthesizer_tuning(RunConfig.model_validate(tree))
 
-    # 10% of the seed rows are held out as dev (a seeded draw per row id): at seed 0, 1 of these 16.
-    dev = [row_id for row_id in pq.read_table(seed_tasks).column("id").to_pylist()
-           if mixture.is_dev_row(row_id, 0, 0.1)]
-    assert len(dev) == 1
-    assert manifest["task"] == "synthesizer" and manifest["phases"][0]["examples"] == 15
+    # The demo's 16 seed rows are one seed task (no task_name): int(0.9 x 16) = 14 are trained on, 2 held out as dev.
+    assert manifest["task"] == "synthesizer" and manifest["phases"][0]["examples"] == 14
     rows = read_metrics(str(run / "synthesizer_tuning" / "metrics.csv"))
     assert [(row["phase"], row["samples"], row["dropped"]) for row in rows] == [("synthesizer", "4", "0")] * 2
     # The tuned model answers the synthesis prompt (the caption exchange, then an open user turn) as a synthesizer.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 
 import pytest
 from PIL import Image
@@ -195,18 +196,50 @@ def test_blank_images_replace_the_given_fraction():
     assert mixture.synthesizer_conversation(row, 0, 0.0)[0]["images"] == [row["image"]]
 
 
-def test_a_dev_share_of_seed_rows_is_held_out_the_same_way_every_time():
-    rows = [seed_row(index, tasks=1) for index in range(1000)]
-    held_out = [row["id"] for row in rows if not mixture.synthesizer_conversation(row, 3, 0.0, dev_fraction=0.1)]
-    # 1000 draws at 10%: 100 expected, standard deviation 9.5; 4 of them either side.
-    assert 62 <= len(held_out) <= 138
-    assert held_out == [row["id"] for row in rows if mixture.is_dev_row(row["id"], 3, 0.1)]
-    assert held_out != [row["id"] for row in rows if mixture.is_dev_row(row["id"], 4, 0.1)]  # it follows the seed
-    # A larger share holds out a superset: a row's draw does not depend on the share asked.
-    assert set(held_out) <= {row["id"] for row in rows if mixture.is_dev_row(row["id"], 3, 0.2)}
-    # The split is its own draw: the blank-image and shuffle draws of the rows kept are unchanged by it.
-    kept = next(row for row in rows if row["id"] not in held_out)
-    assert mixture.synthesizer_conversation(kept, 3, 0.5, 0.1) == mixture.synthesizer_conversation(kept, 3, 0.5)
+def named(task_name: str | None, count: int) -> list[tuple[str, str | None]]:
+    """`count` (id, task_name) pairs of one seed task."""
+    return [(f"{task_name}-{index:03d}", task_name) for index in range(count)]
+
+
+@pytest.mark.parametrize(("rows", "dev"), [(20, 2), (10, 1), (15, 2), (9, 1), (1, 1), (100, 10)])
+def test_the_dev_split_holds_out_exactly_what_the_releases_cut_leaves(rows, dev):
+    # The release trains on int(0.9 n) of a task's rows: 18 of 20, 9 of 10, 13 of 15 (int truncates 13.5; rounding
+    # would give 14), 8 of 9, none of 1, 90 of 100. The rest are dev.
+    assert len(mixture.dev_ids(named("vqa", rows), seed=3, dev_fraction=0.1)) == dev
+
+
+def test_each_seed_task_is_split_on_its_own():
+    rows = named("caption", 20) + named("count", 10) + named("ocr", 5)
+    dev = mixture.dev_ids(rows, seed=3, dev_fraction=0.1)
+    # 20 -> 2, 10 -> 1, 5 -> 1 (int(4.5) = 4 trained): per task, not 10% of the 35 rows (int(31.5) = 31, 4 dev).
+    per_task = {name: sum(row_id.startswith(f"{name}-") for row_id in dev) for name in ("caption", "count", "ocr")}
+    assert per_task == {"caption": 2, "count": 1, "ocr": 1}
+    # Rows without a task name (null or empty) are one task: 12 of them -> int(10.8) = 10 trained, 2 dev.
+    unnamed = [(f"u-{index}", None if index % 2 else "") for index in range(12)]
+    assert len(mixture.dev_ids(unnamed, 3, 0.1)) == 2
+    assert len(mixture.dev_ids(rows, 3, 0.0)) == 0  # no split unless asked
+
+
+def test_the_dev_split_is_a_seeded_shuffle_of_each_task_whatever_the_row_order():
+    rows = named("vqa", 20)
+    dev = mixture.dev_ids(rows, seed=3, dev_fraction=0.1)
+    # The rule written out: the task's ids sorted, shuffled by Random("{seed}:dev:{task name}"), the last 2 of 20 dev.
+    ids = sorted(row_id for row_id, _ in rows)
+    random.Random("3:dev:vqa").shuffle(ids)
+    assert dev == frozenset(ids[18:])
+    assert mixture.dev_ids(list(reversed(rows)), 3, 0.1) == dev  # file order does not matter
+    assert mixture.dev_ids(rows, 3, 0.1) == dev  # the same every time
+    assert mixture.dev_ids(rows, 4, 0.1) != dev  # it follows the seed
+
+
+def test_dev_rows_are_held_out_and_the_others_are_unchanged():
+    rows = [seed_row(index, tasks=1) for index in range(20)]
+    dev = mixture.dev_ids([(row["id"], None) for row in rows], 3, 0.1)
+    held_out = {row["id"] for row in rows if not mixture.synthesizer_conversation(row, 3, 0.0, dev=dev)}
+    assert held_out == dev and len(held_out) == 2
+    # The split is not a draw of the row's own: the blank-image and shuffle draws of the rows kept are unchanged by it.
+    kept = next(row for row in rows if row["id"] not in dev)
+    assert mixture.synthesizer_conversation(kept, 3, 0.5, dev) == mixture.synthesizer_conversation(kept, 3, 0.5)
     assert all(mixture.synthesizer_conversation(row, 3, 0.0) for row in rows)  # no split unless asked
 
 
