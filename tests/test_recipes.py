@@ -11,6 +11,7 @@ import yaml
 
 from engine.cli import main
 from engine.config import load_config
+from engine.evaluation.tasks import get_task
 from tests.conftest import REPO_ROOT
 from tests.fixtures import write_parquet_pairs, write_task_benchmark
 
@@ -52,6 +53,19 @@ def test_recipe_uses_the_papers_hyperparameters(recipe, monkeypatch):
     assert (training.epochs, training.global_batch_size, training.max_length, training.mixture) == (
         1, 128, 6144, "single_stage"
     )
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
+def test_recipe_uses_the_official_lengths(recipe, monkeypatch):
+    """The release's context lengths per stage (synthesizer 4096, judge 8192, evaluation 6144) and the paper's answer
+    budget of 1024 tokens, which leaves the food tasks their own 256."""
+    monkeypatch.chdir(REPO_ROOT)
+    config = load_config(recipe)
+    engines = (config.synthesis.engine, config.filter.engine, config.evaluation.engine)
+    assert [engine.max_model_len for engine in engines] == [4096, 8192, 6144]
+    assert config.evaluation.engine.max_tokens == 1024
+    budgets = {get_task(benchmark.task).answer_budget(1024) for benchmark in config.evaluation.benchmarks}
+    assert budgets == ({256, 1024} if recipe.stem.startswith("food_") else {1024})
 
 
 def test_a_recipe_without_the_hub_token_is_refused_by_name(monkeypatch, capsys):
