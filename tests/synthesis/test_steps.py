@@ -3,15 +3,17 @@ judge at temperature 0, pairs without a task dropped, the record's own caption i
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
 from engine.config import EngineConfig, FilterConfig, RunConfig
 from engine.models.backends import GenerationResult
-from engine.synthesis import judge, synthesizer
+from engine.synthesis import judge, outputs, synthesizer
 from engine.synthesis.examples import BuildExamples
 from engine.synthesis.parsing import NO_QUESTION_UNDER_BOTH_HINTS
 from engine.synthesis.rows import WORK_SCHEMA, row_seed
+from engine.synthesis.templates import FORWARD
 from tests.fixtures import png_bytes
 
 EOT, USER = "<|eot_id|>", "<|start_header_id|>user<|end_header_id|>\n\n"
@@ -118,6 +120,46 @@ def test_a_kept_task_records_what_compose_made_of_it():
     assert row["kind"] == "caption+synthetic"
     assert row["compose_rule"] == "cot_template" and row["task_kind"] is not None
     assert len(row["messages"]) == 4
+
+
+def published(batch: list[dict]) -> tuple[list[dict], list[dict], dict]:
+    """Finished rows as the pipeline publishes them: tasks/, instructions/ and the manifest's counts."""
+    table = pa.Table.from_pylist(batch, schema=WORK_SCHEMA)
+    counts = outputs.accounting(table.select(outputs.ACCOUNTING_COLUMNS), set())
+    return outputs.to_tasks(table).to_pylist(), outputs.to_examples(table).to_pylist(), counts
+
+
+def test_a_rule_based_synthesis_writes_non_forward_kinds_into_tasks_and_instructions():
+    batch = rows(40)
+    synthesizer.RuleBasedSynthesizer(seed=5).process(batch)
+    judge.LexicalJudge().process(batch)
+    tasks, examples, counts = published(build(batch))
+    # Every caption gives a task the lexical judge keeps, and none of its last sentences concludes, so every task is
+    # composed from the chain-of-thought list, where 43% of the patterns are not forward: some of 40 are not.
+    assert counts["rows_out"] == counts["tasks_kept"] == 40 and counts["compose_rules"] == {"cot_template": 40}
+    kinds = {task["source_id"]: task["task_kind"] for task in tasks}
+    assert {example["id"]: example["task_kind"] for example in examples} == kinds
+    assert set(kinds.values()) - {FORWARD}
+    assert counts["task_kinds"] == {kind: list(kinds.values()).count(kind) for kind in set(kinds.values())}
+    by_id = {row["id"]: row for row in batch}
+    for example in examples:
+        if example["task_kind"].startswith("question_"):  # the assistant writes the question, the user does not ask it
+            user, assistant = (message["content"] for message in example["messages"][2:])
+            question = by_id[example["id"]]["question"]
+            assert question in assistant and question not in user
+
+
+def test_the_manifest_counts_the_pairs_dropped_for_having_no_task(scripted, llava_synthesizer):
+    # The rule-based synthesizer always finds a task in a caption that passed validation, so the drops come from the
+    # model route: one well-formed output, one that asks no question under both hints, one failed request.
+    scripted(synthesizer, [WELL_FORMED, LOWER_CASE_REPEAT, None])
+    batch = rows(3)
+    llava_synthesizer(False).process(batch)
+    judge.LexicalJudge().process(batch)
+    tasks, examples, counts = published(build(batch))
+    assert counts["rows_dropped"] == {NO_QUESTION_UNDER_BOTH_HINTS: 1, synthesizer.GENERATION_FAILED: 1}
+    assert counts["rows_in"] == 3 and counts["rows_out"] == 1
+    assert [task["source_id"] for task in tasks] == [example["id"] for example in examples] == ["r0"]
 
 
 @pytest.mark.parametrize(("instruction", "user_turn"), [
