@@ -11,9 +11,10 @@ Each task folder holds its benchmark as `adapt evaluate` reads it: the records n
 record's problem in `error`), in one Parquet file that the YAML names relative to itself, which lmms-eval (0.7.3 and
 later) resolves against the YAML's folder: the folder works from any working directory, moved or copied.
 
-The utils need lmms-eval and its dependencies only (`rouge`, for the ROUGE-L tasks, comes with `lmms-eval[metrics]`):
-scoring runs the engine's own scorer modules, copied into adamllm_scoring/ at export time with their imports made
-relative, and loaded by file path as lmms-eval loads utils.py. Generation is `adapt evaluate`'s: greedy, the task's
+The utils need the standard library and Pillow (which lmms-eval depends on) only; the ROUGE-L tasks also need `rouge`
+(`lmms-eval[metrics]` has it), which the copied metrics module imports when it first scores a caption. Scoring runs
+the engine's own scorer modules, copied into adamllm_scoring/ at export time with their imports made relative, and
+loaded by file path as lmms-eval loads utils.py. Generation is `adapt evaluate`'s: greedy, the task's
 answer budget capped as the config caps it, and no stop string (lmms-eval's default stops at a blank line).
 """
 
@@ -132,8 +133,9 @@ def task_yaml(spec: TaskSpec, max_new_tokens: int) -> str:
 
 
 _UTILS = '''"""lmms-eval entry points of the adapt-engine task {name!r} ({title}), written by
-`adapt export --to lmms-eval`. They need lmms-eval only: the scoring is the engine's own code, copied into ../{kit}
-at export time, so a task scores here exactly as `adapt evaluate` scores it."""
+`adapt export --to lmms-eval`. They need lmms-eval only (Pillow comes with it; a ROUGE-L task also needs `rouge`):
+the scoring is the engine's own code, copied into ../{kit} at export time, so a task scores here exactly as
+`adapt evaluate` scores it."""
 
 import importlib
 import importlib.util

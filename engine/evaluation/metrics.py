@@ -24,8 +24,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
-
-from rouge import Rouge
+from functools import cache
 
 # ---------------------------------------------------------------------------------------------------------------------
 # VQA answer normalization (LLaVA-Med's `normalize_word`)
@@ -203,13 +202,21 @@ def parse_choice(response: str | None, options: Mapping[str, str], example_index
 # ---------------------------------------------------------------------------------------------------------------------
 # Captioning
 
-_ROUGE = Rouge(metrics=["rouge-l"], stats=["f"])
+
+@cache
+def _rouge():
+    """The `rouge` scorer, imported on first use: only captioning needs the package, so the lmms-eval tasks exported
+    for the other kinds (which copy this module) run where it is not installed."""
+    from rouge import Rouge
+
+    return Rouge(metrics=["rouge-l"], stats=["f"])
 
 
 def rouge_l(prediction: str | None, label: str | None) -> float:
     """ROUGE-L F of the prediction against the label, as `rouge` 1.0.1 computes it; 0 when the package fails."""
+    scorer = _rouge()  # outside the try: a missing package must fail loudly, not score every caption 0
     try:
-        return float(_ROUGE.get_scores(_as_text(prediction), _as_text(label))[0]["rouge-l"]["f"])
+        return float(scorer.get_scores(_as_text(prediction), _as_text(label))[0]["rouge-l"]["f"])
     # The package raises on empty texts (and on texts it splits into nothing); the paper scored those as 0.
     except Exception:
         return 0.0

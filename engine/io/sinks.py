@@ -3,7 +3,9 @@
 - `write_parquet`: an empty table becomes a file without row groups (datasets sizes its batches by the first row
   group and fails on an empty one: `ArrowInvalid: BatchSize must be greater than 0`).
 - LLaMA-Factory: a ShareGPT-style JSON list ({"id", "messages", "images": [paths]}) with its images in a folder beside
-  it, merged as one entry into the folder's dataset_info.json (formatting "sharegpt", role/content tags).
+  it, merged as one entry into the folder's dataset_info.json (formatting "sharegpt", role/content tags). All of it
+  is written beside its target and renamed into place at the end, so an export that fails (an `--overwrite`
+  included) leaves the folder as it was.
 - Hugging Face datasets: `save_to_disk` of the instruction set, its `images` column a list of `datasets.Image` (the
   Parquet set's own schema metadata says so: records.EXAMPLE_SCHEMA).
 The LLaMA-Factory export streams the Parquet set batch by batch and never holds the whole set in memory.
@@ -88,15 +90,44 @@ def _locked(folder: Path) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
-def _replace_atomically(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through a temporary file renamed over `path`: readers see the old file or the new one, never a part."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _sibling(path: Path, suffix: str) -> Path:
+    # hidden and named after the process, so a crashed export's leftovers are recognisable and never clash
+    return path.with_name(f".{path.name}.{os.getpid()}.{suffix}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _staged(*targets: Path) -> Iterator[list[Path]]:
+    """Yield a temporary sibling of each target to write into; once the block ends without error, rename them over
+    the targets in the order given. A block that raises leaves every target as it was: a failed `--overwrite` keeps
+    the old export whole, its JSON and the images it points at."""
+    staged = [_sibling(target, "tmp") for target in targets]
     try:
-        with open(temporary, "w", encoding="utf-8") as file:
-            write(file)
-        os.replace(temporary, path)
+        yield staged
+        _swap_in(staged, targets)
     finally:
-        temporary.unlink(missing_ok=True)
+        for path in staged:
+            if path.exists():
+                _remove(path)
+
+
+def _swap_in(staged: list[Path], targets: tuple[Path, ...]) -> None:
+    """Rename each staged path over its target. A folder cannot be renamed over a non-empty one, so the old folder
+    is moved aside first and removed only after every rename (the new entry in place): only a crash between two
+    renames can leave a mismatch."""
+    retired = []
+    for new, target in zip(staged, targets, strict=True):
+        if target.is_dir():
+            retired.append(target.rename(_sibling(target, "old")))
+        os.replace(new, target)
+    for old in retired:
+        _remove(old)
 
 
 def _read_dataset_info(path: Path) -> dict[str, Any]:
@@ -123,30 +154,26 @@ def _check_name(name: str, out_dir: Path, info: dict[str, Any], overwrite: bool)
                             "--overwrite to replace it)")
 
 
-def _write_conversations(rows: Iterator[dict[str, Any]], conversations: Conversations, out_dir: Path,
-                         name: str) -> int:
-    images_dir = out_dir / f"{name}_images"
-    shutil.rmtree(images_dir, ignore_errors=True)  # a replaced export must not keep the old images
+def _write_conversations(rows: Iterator[dict[str, Any]], conversations: Conversations, file: Path,
+                         images_dir: Path, images_name: str) -> int:
+    """Write the conversations as one JSON list into `file` and their images into `images_dir`; the JSON names each
+    image by `images_name`, the folder's name once it is in place beside the JSON."""
     images_dir.mkdir()
     count = 0
-
-    def write(file) -> None:
-        nonlocal count
-        file.write("[")
+    with open(file, "w", encoding="utf-8") as out:
+        out.write("[")
         for row in rows:
             for conversation in conversations(row):
                 paths = []
                 for index, data in enumerate(map(image_bytes, conversation["images"])):
                     # ids can hold any character; the file name uses the conversation's position instead
-                    path = images_dir / f"{count:09d}_{index}.{image_extension(data)}"
-                    path.write_bytes(data)
-                    paths.append(path.relative_to(out_dir).as_posix())
+                    image = f"{count:09d}_{index}.{image_extension(data)}"
+                    (images_dir / image).write_bytes(data)
+                    paths.append(f"{images_name}/{image}")
                 record = {"id": conversation["id"], "messages": conversation["messages"], "images": paths}
-                file.write(("\n" if count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
+                out.write(("\n" if count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
                 count += 1
-        file.write("\n]\n")
-
-    _replace_atomically(out_dir / f"{name}.json", write)
+        out.write("\n]\n")
     return count
 
 
@@ -158,17 +185,22 @@ def export_llama_factory(instructions: str, out_dir: str | Path, name: str, conv
     `conversations` turns an instruction row into the conversations to write (a training mixture). Image paths
     are relative to `out_dir`; LLaMA-Factory resolves them against its `media_dir`, which defaults to its
     `dataset_dir`, so they load when `out_dir` is LLaMA-Factory's data/ folder or the `dataset_dir` of a run. A
-    name already used in the folder is refused (ExportRefused) unless `overwrite`.
+    name already used in the folder is refused (ExportRefused) unless `overwrite`; an overwrite that fails keeps
+    the old entry, its JSON and its images.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info_path = out_dir / DATASET_INFO
+    images_dir, file = out_dir / f"{name}_images", out_dir / f"{name}.json"
     with _locked(out_dir):
         _check_name(name, out_dir, _read_dataset_info(info_path), overwrite)
-        count = _write_conversations(_instruction_rows(instructions), conversations, out_dir, name)
-        # Read again under the lock just before the rename: entries written meanwhile by hand are kept too.
-        info = {**_read_dataset_info(info_path), name: llama_factory_dataset_info(f"{name}.json")}
-        _replace_atomically(info_path, lambda file: file.write(json.dumps(info, indent=2, ensure_ascii=False) + "\n"))
+        # Images first, the entry last: a new entry never names a file that is not yet in place.
+        with _staged(images_dir, file, info_path) as (staged_images, staged_file, staged_info):
+            count = _write_conversations(_instruction_rows(instructions), conversations, staged_file, staged_images,
+                                         images_dir.name)
+            # Read again under the lock just before the renames: entries written meanwhile by hand are kept too.
+            info = {**_read_dataset_info(info_path), name: llama_factory_dataset_info(file.name)}
+            staged_info.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return count
 
 

@@ -29,7 +29,7 @@ from ray.data.checkpoint import CheckpointConfig
 from engine.config import ConfigError, EngineConfig, RunConfig, TrainingConfig, speed_only_fields
 from engine.io.images import ImageLimits
 from engine.io.ray_datasource import CaptionShardDatasource
-from engine.io.run_dir import CHECKPOINT, INSTRUCTIONS, ROWS, SYNTHESIS, TUNING, RunDir, arrow_location
+from engine.io.run_dir import CHECKPOINT, INSTRUCTIONS, ROWS, SYNTHESIS, TUNING, RunDir, StageDir, arrow_location
 from engine.io.sinks import write_parquet
 from engine.io.sources import dataset_root, list_shards
 from engine.io.validation import validate_row
@@ -106,6 +106,16 @@ def _publish(rows_files: list[str], out: str, fs: fsspec.AbstractFileSystem, dup
         projected = project(rows)
         if len(projected):
             pq.write_table(projected, f"{out}/{name}/{stem}", filesystem=fs)
+
+
+def write_empty_sets(stage: StageDir) -> None:
+    """Give each published set that got no row (quarantine/ of a clean run, every set of a run that kept nothing) one
+    file of its schema without row groups: readers still learn the columns, and `datasets` streams it, where a file
+    with one empty row group fails (sinks.write_parquet)."""
+    for name, project in PUBLISHED_SETS.items():
+        if not stage.fs.glob(stage.path(name, "*.parquet")):
+            empty = project(pa.Table.from_pylist([], schema=WORK_SCHEMA))
+            write_parquet(empty, stage.path(name, "empty.parquet"), stage.fs)
 
 
 @ray.remote(num_cpus=1)
@@ -222,10 +232,7 @@ class SynthesisStage:
         ray.get([_publish.remote(group, self.dir.root, self.fs, duplicates_ref)
                  for group in file_groups(self.fs, rows_dir, PUBLISHED_FILE_BYTES)])
         self.dir.refresh()
-        for name, project in PUBLISHED_SETS.items():
-            if not self.fs.glob(self.dir.path(name, "*.parquet")):  # keep every set loadable, even when empty
-                empty = project(pa.Table.from_pylist([], schema=WORK_SCHEMA))
-                write_parquet(empty, self.dir.path(name, "empty.parquet"), self.fs)
+        write_empty_sets(self.dir)
         config = self.config
         return {
             "status": "complete",

@@ -2,11 +2,13 @@
 
 Two probes run in a fresh interpreter where `import engine` fails and the working directory is elsewhere:
 - by file: utils.py imported by its path (as lmms-eval's `!function` loader does), the benchmark read with pyarrow;
-  it checks the kit alone: standalone utils, and scores equal to the engine's on the same predictions;
+  it checks the kit alone: standalone utils, scores equal to the engine's on the same predictions, and that only the
+  ROUGE-L tasks need `rouge` (the probe blocks it);
 - by lmms-eval: its real TaskManager (0.7.3) indexes the folder, builds each task (its own `datasets` load of the
-  relative data file, YAML parsing, generation settings) and aggregates with the exported functions. lmms-eval is
-  installed without its dependencies into pytest's cache (about 60 MB, 5 s once; the environment already has torch,
-  transformers and datasets); its full dependency set (wandb, sentence-transformers, ...) would not fit CI's budget.
+  relative data file, YAML parsing, generation settings) and aggregates with the exported functions, also after the
+  folder is moved away from where it was exported. lmms-eval is installed without its dependencies into a temporary
+  folder, once per pytest session (about 60 MB, 5 s; the environment already has torch, transformers and datasets);
+  its full dependency set (wandb, sentence-transformers, ...) would not fit CI's budget.
   Where PyPI cannot be reached the test fails under CI and is skipped elsewhere, saying so.
 What is checked by format only: that a model wrapper of lmms-eval runs the generation settings (no model is run).
 """
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from engine.cli import main
 from engine.config import load_config
@@ -37,8 +41,9 @@ LMMS_EVAL = ["lmms-eval==0.7.3", "accelerate==1.15.0", "colorama==0.4.6", "evalu
 
 PROBE = r'''
 import importlib.util, json, math, sys
-sys.modules["engine"] = None  # the exported task must work where adapt-engine is not installed
-mode, include, predictions = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3]))
+mode, include, predictions, blocked = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3])), sys.argv[4]
+for module in blocked.split(","):  # engine always: the exported task must work where adapt-engine is not installed
+    sys.modules[module] = None
 out = {}
 if mode == "lmms-eval":
     from lmms_eval.tasks import TaskManager, get_task_dict
@@ -127,15 +132,22 @@ def engine_scores(task: str, rows: list[dict], answers: list[str]) -> dict:
     return {metric: summary.get(metric) for metric in spec.metrics}
 
 
-def run_probe(mode: str, tasks_dir: Path, cwd: Path, predictions: dict, python_path: str | None = None) -> dict:
+def probe(mode: str, tasks_dir: Path, cwd: Path, predictions: dict, python_path: str | None = None,
+          blocked: tuple[str, ...] = ("engine",)) -> subprocess.CompletedProcess:
+    """Run PROBE in a fresh interpreter where the `blocked` modules cannot be imported."""
     (cwd / "predictions.json").write_text(json.dumps(predictions))
     (cwd / "probe.py").write_text(PROBE)
     environment = dict(os.environ)
     if python_path:
         environment["PYTHONPATH"] = python_path
     include = os.path.relpath(tasks_dir, cwd)  # relative: the folder must work from wherever lmms-eval is started
-    done = subprocess.run([sys.executable, "probe.py", mode, include, "predictions.json"], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "probe.py", mode, include, "predictions.json", ",".join(blocked)], cwd=cwd,
+                          env=environment, capture_output=True, text=True, timeout=300)
+
+
+def run_probe(mode: str, tasks_dir: Path, cwd: Path, predictions: dict, python_path: str | None = None,
+              blocked: tuple[str, ...] = ("engine",)) -> dict:
+    done = probe(mode, tasks_dir, cwd, predictions, python_path, blocked)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -173,6 +185,54 @@ def test_lmms_evals_task_manager_loads_the_export_from_elsewhere_and_scores_like
         budget = spec.answer_budget(config.evaluation.engine.max_tokens)
         assert loaded["settings"] == {"max_new_tokens": budget, "until": [], "temperature": 0.0, "top_p": 1.0,
                                       "num_beams": 1, "do_sample": False}
+        assert loaded["scores"] == engine_scores(task, rows[task], predictions[f"adamllm_{task}"])
+
+
+def test_only_the_rouge_tasks_need_rouge(exported, tmp_path):
+    # Before, the copied metrics module imported `rouge` at its top: no exported task loaded without the package.
+    out, _, rows, predictions = exported
+    rouge_tasks = {task for task in TASKS if "rouge_l" in get_task(task).metrics}
+    assert rouge_tasks == {"recipe1m"}
+    others = {f"adamllm_{task}": predictions[f"adamllm_{task}"] for task in TASKS if task not in rouge_tasks}
+    result = run_probe("file", out, tmp_path, others, blocked=("engine", "rouge"))
+    for name, loaded in result.items():
+        task = name.removeprefix("adamllm_")
+        assert loaded["scores"] == engine_scores(task, rows[task], predictions[name])
+    # and a ROUGE task without the package fails loudly rather than scoring every caption 0
+    done = probe("file", out, tmp_path, {"adamllm_recipe1m": predictions["adamllm_recipe1m"]},
+                 blocked=("engine", "rouge"))
+    assert done.returncode != 0 and "rouge" in done.stderr.splitlines()[-1]
+
+
+class _TaggedLoader(yaml.SafeLoader):
+    """Reads lmms-eval's `!function module.name` tags as plain strings, to look at every value of a task YAML."""
+
+
+_TaggedLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+
+
+def strings_in(value) -> list[str]:
+    if isinstance(value, dict):
+        return [text for item in value.items() for part in item for text in strings_in(part)]
+    if isinstance(value, list):
+        return [text for item in value for text in strings_in(item)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_the_task_folder_moved_elsewhere_loads_in_lmms_eval_and_names_no_absolute_path(
+        exported, lmms_eval_path, tmp_path):
+    out, _, rows, predictions = exported
+    for task_yaml in out.glob("*/*.yaml"):
+        text = task_yaml.read_text()
+        assert str(out.parent) not in text
+        assert not [value for value in strings_in(yaml.load(text, _TaggedLoader)) if os.path.isabs(value)]
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "run").mkdir()
+    moved = shutil.move(out, tmp_path / "elsewhere" / "tasks")  # nothing is left where it was exported
+    result = run_probe("lmms-eval", Path(moved), tmp_path / "run", predictions, python_path=str(lmms_eval_path))
+    for task in TASKS:
+        loaded = result[f"adamllm_{task}"]
+        assert loaded["docs"] == len(rows[task])
         assert loaded["scores"] == engine_scores(task, rows[task], predictions[f"adamllm_{task}"])
 
 

@@ -187,6 +187,31 @@ def test_a_name_clash_is_refused_unless_overwritten(tmp_path, capsys):
     assert main(["export", str(tmp_path / "run"), "--to", "hf-disk", "--out", str(tmp_path / "hf"), "--seed", "1"]) == 2
 
 
+def failing_after(rows: int):
+    """A mixture that fails on its `rows`-th row, after the export has written the images of the rows before it."""
+    seen = []
+
+    def conversations(row: dict) -> list[dict]:
+        seen.append(row["id"])
+        if len(seen) > rows:
+            raise RuntimeError("the mixture failed")
+        return single_stage(row, seed=0)
+    return conversations
+
+
+def test_an_overwrite_that_fails_midway_keeps_the_old_entry_and_its_images(tmp_path):
+    data = llama_factory_data_folder(tmp_path)
+    export_llama_factory(write_instruction_set(tmp_path / "old", 3), data, "mine", partial(single_stage, seed=0))
+    before = {path.relative_to(data): path.read_bytes() for path in data.rglob("*") if path.is_file()}
+    with pytest.raises(RuntimeError, match="the mixture failed"):
+        export_llama_factory(write_instruction_set(tmp_path / "new", 8), data, "mine", failing_after(2),
+                             overwrite=True)
+    # Before, the old images were deleted first: the old entry's JSON named images that were gone.
+    assert {path.relative_to(data): path.read_bytes() for path in data.rglob("*") if path.is_file()} == before
+    records = json.loads((data / "mine.json").read_text())
+    assert all(resolve_like_llama_factory(data, image).is_file() for record in records for image in record["images"])
+
+
 def test_concurrent_exports_into_one_folder_keep_every_entry(tmp_path):
     instructions = write_instruction_set(tmp_path / "instructions", 4)
     data = llama_factory_data_folder(tmp_path)

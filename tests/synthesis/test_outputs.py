@@ -1,14 +1,19 @@
-"""Projections of working rows onto the published sets, duplicate handling and the accounting."""
+"""Projections of working rows onto the published sets, duplicate handling, the accounting, and the file a set that
+got no row is published as (checked with `datasets`, which streams it)."""
 
 from __future__ import annotations
 
+import datasets
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from engine.io.run_dir import SYNTHESIS, RunDir
 from engine.records import EXAMPLE_SCHEMA, TASK_SCHEMA
 from engine.synthesis import outputs
 from engine.synthesis.compose import compose
 from engine.synthesis.examples import conversation
 from engine.synthesis.parsing import SynthesizedTask
+from engine.synthesis.pipeline import PUBLISHED_SETS, write_empty_sets
 from engine.synthesis.rows import WORK_SCHEMA
 
 TASK = SynthesizedTask(question="What colour is it?", precise="Red", informative="The shape is filled with red.")
@@ -94,3 +99,24 @@ def test_conversation_puts_the_caption_first_and_the_composed_exchange_second():
         {"role": "user", "content": COMPOSED.user},
         {"role": "assistant", "content": COMPOSED.response},
     ]
+
+
+def test_a_set_that_got_no_row_is_published_without_row_groups_and_streams_in_datasets(tmp_path):
+    # As finalize finds a clean run after its publish tasks: rows in instructions/ and tasks/, none in quarantine/.
+    stage = RunDir(str(tmp_path / "run")).stage(SYNTHESIS)
+    rows = pa.Table.from_pylist([work_row("a.jsonl:0", "x", task=True, kept=True)], schema=WORK_SCHEMA)
+    for name, project in PUBLISHED_SETS.items():
+        stage.fs.makedirs(stage.path(name), exist_ok=True)
+        if len(project(rows)):
+            pq.write_table(project(rows), stage.path(name, "part-0.parquet"))
+    write_empty_sets(stage)
+    folders = {name: tmp_path / "run" / SYNTHESIS / name for name in PUBLISHED_SETS}
+    assert sorted(path.name for path in folders["quarantine"].iterdir()) == ["empty.parquet"]
+    assert not (folders["tasks"] / "empty.parquet").exists()  # a set with rows gets no extra file
+    empty = pq.ParquetFile(folders["quarantine"] / "empty.parquet")
+    # pq.write_table would write one empty row group, on which datasets fails: "BatchSize must be greater than 0"
+    assert empty.metadata.num_row_groups == 0
+    assert empty.schema_arrow == outputs.to_quarantine(WORK_SCHEMA.empty_table()).schema
+    streamed = datasets.load_dataset("parquet", data_files=str(folders["quarantine"] / "*.parquet"), split="train",
+                                     streaming=True, cache_dir=str(tmp_path / "hf-cache"))
+    assert list(streamed) == []
