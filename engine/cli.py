@@ -17,7 +17,8 @@ from engine.config import ConfigError, RunConfig, dump_config, load_config
 
 EXIT_OK = 0
 EXIT_INVALID = 2  # bad config or bad arguments (argparse uses 2 for usage errors too)
-SYNTHESIS_SUMMARY_KEYS = ("rows_in", "rows_out", "rows_dropped", "rows_quarantined", "tasks_synthesized", "tasks_kept")
+SYNTHESIS_SUMMARY_KEYS = ("rows_in", "rows_out", "rows_dropped", "rows_quarantined", "tasks_synthesized", "tasks_kept",
+                          "cost")
 TRAINING_SUMMARY_KEYS = ("steps", "final_loss", "model")
 DEFAULT_EXPORT_NAME = "adapt_instructions"
 

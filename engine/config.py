@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 FamilyName = Literal["qwen2-vl", "llava-llama3", "llava-hf-llama3", "mllama", "text"]
 InferenceBackend = Literal["vllm", "transformers", "openai"]
 Device = Literal["cpu", "cuda"]
+# How long each answer is: the model's own choice, or forced for benchmarks (engine.models.backends.base.forced_length).
+OutputLength = Literal["natural", "max_tokens", "uniform_32_512", "long_tail"]
 
 
 class ConfigError(ValueError):
@@ -237,8 +239,16 @@ class EngineConfig(Section, ImageBounds):
     batch_size: int = speed_field(
         32,
         ge=1,
-        description="Rows per actor call, sent to the engine as one batch. vLLM's CPU build runs up to 256 sequences "
-        "at once, so 256 keeps it busy; on GPUs, larger batches keep vLLM's scheduler full.",
+        description="Rows per actor call. The engine's scheduler takes requests from every batch in flight "
+        "(max_concurrent_batches), so the batch size no longer decides how busy it is; it sets how many rows a "
+        "retry repeats and how often progress is committed.",
+    )
+    max_concurrent_batches: int = speed_field(
+        8,
+        ge=1,
+        description="Batches in flight per actor (backends vllm and openai): while one batch waits for its longest "
+        "answer, the others keep the engine's scheduler full. 8 as in Ray Data LLM. The transformers backend runs "
+        "one batch at a time whatever this says.",
     )
     max_tokens: int | None = Field(
         None, ge=1,
@@ -264,11 +274,14 @@ class EngineConfig(Section, ImageBounds):
         "threads are pinned there and it runs one thread per core), so the synthesizer and the judge do not share a "
         "core.",
     )
-    fixed_output_length: bool = Field(
-        False,
-        description="Benchmarks only (backends vllm and transformers): every request generates exactly its max_tokens "
-        "tokens, the end-of-sequence token and stop strings do not end it, so runs of random-weight models do equal "
-        "work.",
+    output_length: OutputLength = Field(
+        "natural",
+        description="Benchmarks only (backends vllm and transformers). 'natural': the model's end-of-sequence and "
+        "stop strings end an answer. The others force every answer to an exact length, so runs of random-weight "
+        "models do equal work: 'max_tokens' its budget; 'uniform_32_512' a length drawn uniformly from 32-512 "
+        "tokens (the synthesizer's regime); 'long_tail' mostly short answers with some long ones (80% 1-16 tokens, "
+        "15% 17-128, 5% 129-1024; evaluation's regime). Drawn from each request's row id, so every run and every "
+        "baseline gets the same lengths; capped at the request's budget.",
     )
     min_pixels: int | None = min_pixels_field()
     max_pixels: int | None = max_pixels_field()
@@ -290,8 +303,8 @@ class EngineConfig(Section, ImageBounds):
             if self.device != "cpu" or self.backend != "vllm":
                 raise FieldProblem("cpu_threads_bind", "only applies to backend 'vllm' on device 'cpu'")
             core_ids(self.cpu_threads_bind)
-        if self.fixed_output_length and self.backend == "openai":
-            raise FieldProblem("fixed_output_length", "is only honoured by backends 'vllm' and 'transformers'")
+        if self.output_length != "natural" and self.backend == "openai":
+            raise FieldProblem("output_length", "is only honoured by backends 'vllm' and 'transformers'")
         if self.backend == "vllm" and self.family in VLLM_UNSUPPORTED_FAMILIES:
             raise FieldProblem("backend", f"'vllm' cannot run family {self.family!r}: "
                                f"{VLLM_UNSUPPORTED_FAMILIES[self.family]}; use backend: transformers")

@@ -8,12 +8,16 @@ import logging
 import os
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from typing import Any
 
+import pyarrow as pa
 import ray
 import yaml
 
 from engine.config import ClusterConfig, EngineConfig
+from engine.models.backends import Backend, GenerationRequest, GenerationResult
 
 
 # How forwarded variables reach the workers. Ray's runtime_env `env_vars` would do it, but Ray logs every runtime env
@@ -86,18 +90,79 @@ def forwarded_env(names: list[str]) -> dict[str, str]:
 
 
 def engine_actor_options(engine: EngineConfig) -> dict:
-    """Ray resources and environment of one actor holding an inference engine."""
+    """Ray resources, environment and pool of the actors holding an inference engine (their callable: EngineStep)."""
     env = {}
     if engine.device == "cpu" and engine.backend == "vllm":
         # One engine process per actor: starts in ~10 s instead of ~25 s and keeps a 2-core machine's process count
         # down; the CUDA build keeps vLLM's multiprocessing.
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    # One batch in flight per actor: a generation batch takes seconds to minutes, so queueing a second one gains
-    # nothing, and Ray Data's default queues several on whichever actor is ready first, leaving the rest idle.
-    pool = ray.data.ActorPoolStrategy(size=engine.concurrency, max_tasks_in_flight_per_actor=1)
+    # Several batches in flight per actor: Ray Data sends an actor that many calls at once and runs them together on
+    # its event loop, and the engine schedules the requests of all of them. The transformers backend answers one
+    # batch at a time, so more would only hold rows in memory.
+    in_flight = 1 if engine.backend == "transformers" else engine.max_concurrent_batches
+    pool = ray.data.ActorPoolStrategy(size=engine.concurrency, max_tasks_in_flight_per_actor=in_flight,
+                                      max_concurrent_calls_per_actor=in_flight)
     options = {"num_cpus": engine.num_cpus, "num_gpus": engine.num_gpus or None, "compute": pool}
     if engine.resources:
         options["resources"] = dict(engine.resources)
     if env:
         options["runtime_env"] = {"env_vars": env}
     return options
+
+
+def pool_cost(pools: dict[str, EngineConfig], seconds: float, kept_tasks: int) -> dict[str, Any]:
+    """What a stage's engine pools cost: accelerator-hours and CPU-core-hours, in all and per 1,000 kept tasks.
+
+    A fixed-size Ray Data actor pool holds its actors' resources from the stream's start to its end, so each pool
+    costs actors x resources per actor x the stream's seconds; reads, the driver and finalize are not counted (they
+    hold no accelerator). None per 1,000 when nothing was kept."""
+    gpus = sum(engine.concurrency * engine.num_gpus for engine in pools.values())
+    cpus = sum(engine.concurrency * engine.num_cpus for engine in pools.values())
+    hours = {"accelerator_hours": gpus * seconds / 3600, "cpu_core_hours": cpus * seconds / 3600}
+    return {
+        "pools": {name: {"actors": engine.concurrency, "gpus_per_actor": engine.num_gpus,
+                         "cpus_per_actor": engine.num_cpus} for name, engine in pools.items()},
+        "seconds": round(seconds, 2),
+        **{key: round(value, 6) for key, value in hours.items()},
+        "per_1k_kept_tasks": ({key: round(value * 1000 / kept_tasks, 6) for key, value in hours.items()}
+                              if kept_tasks else None),
+    }
+
+
+class EngineStep(ABC):
+    """A Ray Data callable holding an inference engine: rows in, requests to the engine, rows out with its answers.
+
+    Its call is a coroutine, so Ray Data runs several at once on the actor's event loop (engine_actor_options says
+    how many) while the engine answers them together. Subclasses say which rows ask what (`requests`), what an answer
+    does to its row (`record`), and what a batch of rows becomes (`output`)."""
+
+    _backend: Backend
+
+    @abstractmethod
+    def requests(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], GenerationRequest]]:
+        """The rows that need the engine, each with its request (the others pass through unanswered)."""
+
+    @abstractmethod
+    def record(self, row: dict[str, Any], result: GenerationResult) -> None:
+        """Update `row` in place with the engine's answer to its request (or why there is none)."""
+
+    @abstractmethod
+    def output(self, rows: list[dict[str, Any]]) -> pa.Table:
+        """The batch's rows as the step's output table."""
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        asked = self.requests(rows)
+        _record_all(self, asked, await self._backend.agenerate([request for _, request in asked]) if asked else [])
+        return self.output(rows)
+
+    def process(self, rows: list[dict[str, Any]]) -> None:
+        """What a call does to its rows, for rows in hand and a caller with no event loop (tests, notebooks)."""
+        asked = self.requests(rows)
+        _record_all(self, asked, self._backend.generate([request for _, request in asked]) if asked else [])
+
+
+def _record_all(step: EngineStep, asked: list[tuple[dict[str, Any], GenerationRequest]],
+                results: list[GenerationResult]) -> None:
+    for (row, _), result in zip(asked, results, strict=True):
+        step.record(row, result)

@@ -7,6 +7,7 @@ fixed-size training worker group), a replacement node is added afterwards, as a 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -72,11 +73,15 @@ class ThreeNodes:
 
 
 @pytest.fixture
-def three_nodes():
+def three_nodes(monkeypatch):
     """A fresh cluster per test; afterwards every node it started is stopped (and nothing else)."""
     from ray.cluster_utils import Cluster
 
     temp_dir = tempfile.mkdtemp(prefix="raynl-", dir="/tmp")  # short: socket paths must stay under 107 bytes
+    # The harness records the head's address in Ray's default temp folder (RAY_TMPDIR/ray, else /tmp/ray), which it
+    # does not create: a fresh machine has none. Ours, so no other Ray user on the machine is pointed at this cluster.
+    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
+    os.makedirs(os.path.join(temp_dir, "ray"))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
                                                             "temp_dir": temp_dir, **agent_ports()})
     try:

@@ -3,7 +3,7 @@
     python tools/bench.py --quick                                  # under 10 minutes on 2 cores
     python tools/bench.py                                          # larger inputs: about 20 minutes
     python tools/bench.py --only resume_work,memory_10x_vs_1x      # a subset
-    python tools/bench.py --quick --only synthesis_vs_vllm_loop synthesis.engine.batch_size=32   # try a setting
+    python tools/bench.py --quick --only synthesis_variable_b64 synthesis.engine.max_concurrent_batches=4   # a setting
 
 Each figure is one line on stdout, `BENCH <name> value=<v> baseline=<b> ratio=<r>`; details (seconds, token rates,
 where the time went) go to stderr as `# ` lines. The inputs are built offline into a work folder by the project's own
@@ -13,22 +13,27 @@ Ray, and are timed from process start to exit, interpreter, Ray and engine start
 them; baselines are timed the same way unless said otherwise. Overrides given on the command line apply to the engine
 commands and to the baselines (which read their model and token settings from the same config).
 
-Equal work: a random-weight model stops at random points, so every engine and every baseline generates exactly its
-`max_tokens` per request (EngineConfig.fixed_output_length in the engine, min_tokens / min_new_tokens in the loops).
-Budgets: the synthesizer the released synthesizer's 512 tokens, the judge 2, evaluation answers EVALUATION_TOKENS. The
-tiny synthesizer never writes a parseable task, so the judge starts but judges nothing, in the pipeline and the loops
-alike. Threads are every library's default on both sides; each command's detail line says how busy the rest of the
-machine was, and warns when that makes its figures untrustworthy (QUIET_CORES). On top of configs/demo.yaml the
-engine runs the model route (MODEL_ROUTE) with ENGINE_TUNING, the pool settings measured best on 2 cores. Input
-sizes: QUICK and FULL.
+Equal work: a random-weight model stops at random points, so every engine and every baseline generates exactly the
+length EngineConfig.output_length forces on each request, drawn from its row id (engine.models.backends.base
+.forced_length; min_tokens / min_new_tokens in the loops). Two regimes, VARIABLE and FIXED: in the variable one the
+synthesizer's answers are uniform over 32-512 tokens and evaluation's a long tail (80% 1-16 tokens, 15% 17-128, 5% up
+to 1024), as users see them; in the fixed one every answer takes its whole budget (the synthesizer 512, evaluation
+FIXED_EVALUATION_TOKENS), the only regime where a synchronous batch loses nothing to its longest answer. The judge
+always writes its 2 tokens. The tiny synthesizer never writes a parseable task, so the judge starts but judges nothing,
+in the pipeline and the loops alike. Threads are every library's default on both sides; each command's detail line
+says how busy the rest of the machine was, and warns when that makes its figures untrustworthy (QUIET_CORES). On top
+of configs/demo.yaml the engine runs the model route (MODEL_ROUTE) with ENGINE_TUNING, the pool settings measured
+best on 2 cores. Input sizes: QUICK and FULL.
 
-synthesis_vs_vllm_loop   input pairs/s of `adapt synthesize` (read, validate, synthesizer pool, judge pool, compose,
-    Parquet, finalize) / the same of a hand-written single-process loop: one vLLM engine, every prompt in one
-    `LLM.generate` call, parse, then a judge engine over the parsed tasks. Output tokens/s of both on stderr.
-synthesis_vs_hf_loop     input pairs/s of the same `adapt synthesize` run / the same of a naive loop calling
-    transformers' `generate` once per pair (then once per parsed task with the judge). It runs on the first `hf_pairs`
-    pairs only (it takes seconds per pair) and is timed over its generation alone, model loading excluded, which
-    flatters it.
+synthesis_variable_b64   input pairs/s of `adapt synthesize` (read, validate, synthesizer pool, judge pool, compose,
+    Parquet, finalize) with synthesizer batches of 64 (the GPU recipes') / the same of a hand-written single-process
+    loop: one vLLM engine, every prompt in one `LLM.generate` call, parse, then a judge engine over the parsed tasks.
+    The variable regime; `fixed_*` columns give the fixed one. Output tokens/s of both on stderr.
+synthesis_variable_b256  the same with batches of 256.
+synthesis_vs_hf_loop     input pairs/s of the fixed-regime batches-of-256 `adapt synthesize` run / the same of a naive
+    loop calling transformers' `generate` once per pair (then once per parsed task with the judge). It runs on the
+    first `hf_pairs` pairs only (it takes seconds per pair) and is timed over its generation alone, model loading
+    excluded, which flatters it.
 memory_10x_vs_1x         peak summed resident memory (RSS, GiB) of every process of an `adapt synthesize` session
     (driver, Ray's daemons and workers, engine actors), sampled every RSS_SAMPLE_S: value = the run above on `pairs`
     pairs, baseline = the same settings on a tenth of them; ratio 10x/1x. A page shared between processes (Ray's
@@ -37,9 +42,10 @@ resume_work              rows processed / rows in for a synthesis of `resume_pai
     RESUME_BATCH) killed with SIGKILL to its process group once half its rows are written, then run again. Rows
     processed = the rows the killed run wrote (its `_rows` files) + the restarted run's `rows_processed_this_run`; 1.0
     means no row was processed twice. Rows inside the engine pools at the kill are lost work that no file shows.
-evaluation_vs_vllm_loop  benchmark rows/s of `adapt evaluate` (the base model on demo_vqa: table, actor pool,
-    predictions, scores, report) / a hand-written loop over the same rows: same prompts and max_tokens, every prompt
-    in one `LLM.generate` call, scored with the same metrics.
+evaluation_variable_multitask  benchmark rows/s of `adapt evaluate` (the base model on the demo benchmark scored as
+    MULTITASK's four tasks: tables, one actor pool for all of them, predictions, scores, report) / a hand-written loop
+    over the same rows: same prompts and lengths, every prompt of every task in one `LLM.generate` call, scored with
+    the same metrics. The variable regime; `fixed_*` columns give the fixed one. Stderr counts the engine starts.
 training_ray_vs_plain    training samples/s of `adapt train` (Ray Train, 2 CPU workers, DeepSpeed ZeRO-2 from
     configs/deepspeed/zero2.json) / a single-process PyTorch loop without Ray or DeepSpeed: same tiny model, same
     examples through the engine's mixture and collator, same micro-batch, global batch and steps, AdamW, the model
@@ -84,7 +90,18 @@ QUIET_CORES = 0.25
 
 SYNTHESIZER_TOKENS = 512  # the released synthesizer's budget (engine.synthesis.prompts.MAX_NEW_TOKENS)
 SHORT_SYNTHESIZER_TOKENS = 64  # configs/demo.yaml's: resume depends on rows, not on answer length
-EVALUATION_TOKENS = 64
+# Answer lengths (EngineConfig.output_length, drawn per row id, the same in the engine and the loops): the
+# variable-length regime users see, and the fixed one where every answer takes its whole budget.
+VARIABLE = {"synthesis": "uniform_32_512", "filter": "max_tokens", "evaluation": "long_tail"}
+FIXED = {section: "max_tokens" for section in VARIABLE}
+# Evaluation answers: the tasks' own budgets (1024 tokens) in the variable regime, 64 in the fixed one, where every
+# answer takes all of it. The multitask figure scores the demo benchmark as these tasks too: VQA-RAD, SLAKE and
+# PathVQA read the same columns (image, question, answer, OPEN/CLOSED).
+FIXED_EVALUATION_TOKENS = 64
+MULTITASK = ("demo_vqa", "vqa_rad", "slake", "pathvqa")
+REGIMES = {"variable": VARIABLE, "fixed": FIXED}
+EVALUATION_CONTEXT = 2048  # a prompt and the longest drawn answer (1024 tokens)
+VLLM_ENGINE_START = "Initializing a V1 LLM engine"
 RESUME_BATCH = 32
 # Engine settings measured best on 2 cores, on top of configs/demo.yaml: two actors per model pool, which Ray runs with
 # one OpenMP thread each (num_cpus < 1), against the loop's one process with two. Two one-thread vLLM processes
@@ -93,7 +110,6 @@ RESUME_BATCH = 32
 # each generate call keeps the scheduler full, and smaller ones cost nearly as much per decode step.
 ENGINE_TUNING = ("synthesis.engine.concurrency=2", "synthesis.engine.batch_size=256",
                  "evaluation.engine.concurrency=2", "evaluation.engine.batch_size=256")
-ENGINE_SECTIONS = ("synthesis", "filter", "evaluation")
 # The work measured, whatever configs/demo.yaml's route is: synthesis and judging by models, one training epoch.
 MODEL_ROUTE = ("synthesis.synthesizer=model", "filter.enabled=true", "filter.judge=llm", "training.epochs=1",
                "training.max_steps=null")
@@ -120,9 +136,13 @@ FULL = Sizes(pairs=9216, hf_pairs=32, resume_pairs=1024, benchmark_rows=16000, t
 # ---------------------------------------------------------------------------------------------------------- reporting
 
 
-def figure(name: str, value: float, baseline: float) -> str:
-    """The one line a figure prints."""
-    return f"BENCH {name} value={value:.3f} baseline={baseline:.3f} ratio={value / baseline:.3f}"
+def figure(name: str, value: float, baseline: float, fixed: tuple[float, float] | None = None) -> str:
+    """The one line a figure prints; `fixed` is the engine's and the baseline's value in the fixed-length regime, a
+    second column beside the variable-length one."""
+    line = f"BENCH {name} value={value:.3f} baseline={baseline:.3f} ratio={value / baseline:.3f}"
+    if fixed:
+        line += f" fixed_value={fixed[0]:.3f} fixed_baseline={fixed[1]:.3f} fixed_ratio={fixed[0] / fixed[1]:.3f}"
+    return line
 
 
 def detail(text: str) -> None:
@@ -288,20 +308,23 @@ class Bench:
             self._data[pairs] = data
         return self._data[pairs]
 
-    def new_run(self, run: str, pairs: int, *settings: str) -> list[str]:
+    def new_run(self, run: str, pairs: int, *settings: str, lengths: dict[str, str] = FIXED,
+                tasks: tuple[str, ...] = MULTITASK[:1]) -> list[str]:
         """Overrides of configs/demo.yaml for a run on `pairs` pairs in an empty folder {work}/{run} (a --work folder
-        may hold an earlier bench's runs, which the engine would skip as complete)."""
+        may hold an earlier bench's runs, which the engine would skip as complete), with answer lengths `lengths`
+        (VARIABLE or FIXED) and the demo benchmark scored as `tasks`."""
         shutil.rmtree(self.work / run, ignore_errors=True)
         data, vlm, judge = self.data(pairs), self.models / "tiny-qwen2-vl", self.models / "tiny-text-llm"
         benchmark = data / "benchmark" / "demo_vqa.parquet"
+        evaluation_tokens = "null" if lengths is VARIABLE else FIXED_EVALUATION_TOKENS
+        benchmarks = ", ".join(f"{{task: {task}, path: {benchmark}, format: parquet}}" for task in tasks)
         return [
             f"data.path={data / 'captions'}", f"output_dir={self.work / run}",
             f"cluster.temp_dir={self.work / 'ray'}",  # this tool's Ray sessions apart from anyone else's
             f"synthesis.engine.model={vlm}", f"filter.engine.model={judge}", f"training.model={vlm}",
-            f"evaluation.engine.model={vlm}",
-            f"evaluation.benchmarks=[{{task: demo_vqa, path: {benchmark}, format: parquet}}]",
-            *MODEL_ROUTE, *(f"{section}.engine.fixed_output_length=true" for section in ENGINE_SECTIONS),
-            f"synthesis.engine.max_tokens={SYNTHESIZER_TOKENS}", f"evaluation.engine.max_tokens={EVALUATION_TOKENS}",
+            f"evaluation.engine.model={vlm}", f"evaluation.benchmarks=[{benchmarks}]",
+            *MODEL_ROUTE, *(f"{section}.engine.output_length={mode}" for section, mode in lengths.items()),
+            f"synthesis.engine.max_tokens={SYNTHESIZER_TOKENS}", f"evaluation.engine.max_tokens={evaluation_tokens}",
             *ENGINE_TUNING, *settings, *self.overrides,
         ]
 
@@ -318,30 +341,61 @@ class Bench:
     def manifest(self, run: str, stage: str) -> dict:
         return json.loads((self.work / run / stage / "manifest.json").read_text())
 
-    @functools.cached_property
-    def synthesis(self) -> tuple[Run, dict, list[str]]:
-        """`adapt synthesize` on `pairs` pairs, its manifest and its config overrides."""
-        config_args = self.new_run("synthesis", self.sizes.pairs)
-        run = self.adapt("synthesize", "synthesis", config_args)
-        manifest = self.manifest("synthesis", "synthesis")
+    @functools.cache
+    def synthesis_run(self, batch_size: int, lengths_name: str) -> tuple[Run, dict, list[str]]:
+        """`adapt synthesize` on `pairs` pairs with synthesizer batches of `batch_size` in the regime `lengths_name`
+        ('variable' or 'fixed'), its manifest and its config overrides."""
+        run_name = f"synthesis-b{batch_size}-{lengths_name}"
+        config_args = self.new_run(run_name, self.sizes.pairs, f"synthesis.engine.batch_size={batch_size}",
+                                   lengths=REGIMES[lengths_name])
+        run = self.adapt("synthesize", run_name, config_args)
+        manifest = self.manifest(run_name, "synthesis")
         timings = manifest["timings_s"]
         start_up = run.seconds - timings["stream"] - timings["finalize"]
-        detail(f"adapt synthesize: {manifest['rows_in']} pairs in {run.seconds:.1f} s = start-up and shutdown "
-               f"{start_up:.1f} s (interpreter, Ray) + stream {timings['stream']:.1f} s (engine start-up included) + "
-               f"finalize {timings['finalize']:.1f} s; {manifest['output_tokens'] / run.seconds:.0f} output tokens/s")
+        detail(f"adapt synthesize (batches of {batch_size}, {lengths_name} lengths): {manifest['rows_in']} pairs in "
+               f"{run.seconds:.1f} s = start-up and shutdown {start_up:.1f} s (interpreter, Ray) + stream "
+               f"{timings['stream']:.1f} s (engine start-up included) + finalize {timings['finalize']:.1f} s; "
+               f"{manifest['output_tokens'] / run.seconds:.0f} output tokens/s")
         return run, manifest, config_args
+
+    @property
+    def synthesis(self) -> tuple[Run, dict, list[str]]:
+        """The synthesis run the memory and transformers figures share: the recipes' batch size at its largest, every
+        answer its whole budget (the per-pair transformers loop could not run the variable regime in its time)."""
+        return self.synthesis_run(256, "fixed")
+
+    @functools.cache
+    def synthesis_loop(self, lengths_name: str) -> tuple[Run, dict]:
+        """The single-call vLLM loop over the same pairs and answer lengths as synthesis_run (it has no batches)."""
+        run_name = f"synthesis-loop-{lengths_name}"
+        config_args = self.new_run(run_name, self.sizes.pairs, lengths=REGIMES[lengths_name])
+        loop, result = self.baseline("vllm_synthesis", run_name, config_args)
+        detail(f"vLLM loop ({lengths_name} lengths): {result['rows']} pairs in {loop.seconds:.1f} s (engine start-ups "
+               f"{result['start_up_s']:.1f} s, generation {result['generate_s']:.1f} s); "
+               f"{result['output_tokens'] / loop.seconds:.0f} output tokens/s")
+        return loop, result
 
 
 # ------------------------------------------------------------------------------------------------------------ figures
 
 
-def synthesis_vs_vllm_loop(bench: Bench) -> str:
-    run, manifest, config_args = bench.synthesis
-    loop, result = bench.baseline("vllm_synthesis", "synthesis", config_args)
-    require_equal_work(manifest["output_tokens"], manifest["rows_in"], result["output_tokens"], result["rows"])
-    detail(f"vLLM loop: {result['rows']} pairs in {loop.seconds:.1f} s (engine start-ups {result['start_up_s']:.1f} "
-           f"s, generation {result['generate_s']:.1f} s); {result['output_tokens'] / loop.seconds:.0f} output tokens/s")
-    return figure("synthesis_vs_vllm_loop", manifest["rows_in"] / run.seconds, result["rows"] / loop.seconds)
+def synthesis_against_vllm_loop(bench: Bench, batch_size: int) -> str:
+    """Pairs/s of `adapt synthesize` with batches of `batch_size` / the single-call vLLM loop's, in both regimes."""
+    ratios = {}
+    for lengths_name in REGIMES:
+        run, manifest, _ = bench.synthesis_run(batch_size, lengths_name)
+        loop, result = bench.synthesis_loop(lengths_name)
+        require_equal_work(manifest["output_tokens"], manifest["rows_in"], result["output_tokens"], result["rows"])
+        ratios[lengths_name] = (manifest["rows_in"] / run.seconds, result["rows"] / loop.seconds)
+    return figure(f"synthesis_variable_b{batch_size}", *ratios["variable"], fixed=ratios["fixed"])
+
+
+def synthesis_variable_b64(bench: Bench) -> str:
+    return synthesis_against_vllm_loop(bench, 64)
+
+
+def synthesis_variable_b256(bench: Bench) -> str:
+    return synthesis_against_vllm_loop(bench, 256)
 
 
 def synthesis_vs_hf_loop(bench: Bench) -> str:
@@ -388,15 +442,31 @@ def resume_work(bench: Bench) -> str:
     return figure("resume_work", written_before + manifest["rows_processed_this_run"], manifest["rows_in"])
 
 
-def evaluation_vs_vllm_loop(bench: Bench) -> str:
-    config_args = bench.new_run("evaluation", bench.sizes.pairs)
-    run = bench.adapt("evaluate", "evaluation", config_args)
-    state = bench.manifest("evaluation", "evaluation")["predictions"]["base"]["demo_vqa"]
-    loop, result = bench.baseline("vllm_evaluation", "evaluation", config_args)
-    detail(f"adapt evaluate: {state['rows']} rows in {run.seconds:.1f} s (prediction job {state['seconds']:.1f} s); "
-           f"vLLM loop: {result['rows']} rows in {loop.seconds:.1f} s (engine start-up {result['start_up_s']:.1f} s, "
-           f"generation and scores {result['generate_s']:.1f} s)")
-    return figure("evaluation_vs_vllm_loop", state["rows"] / run.seconds, result["rows"] / loop.seconds)
+def engine_starts(log: Path) -> int:
+    """vLLM engines a command started, from the line each prints at start (Ray forwards its actors' output)."""
+    return log.read_text(errors="replace").count(VLLM_ENGINE_START)
+
+
+def evaluation_variable_multitask(bench: Bench) -> str:
+    """Rows/s of `adapt evaluate` (the base model, the MULTITASK tasks, one engine pool) / the single-call vLLM loop's
+    over the same rows, in both regimes."""
+    ratios = {}
+    for lengths_name, lengths in REGIMES.items():
+        run_name = f"evaluation-{lengths_name}"
+        config_args = bench.new_run(run_name, bench.sizes.pairs, f"evaluation.engine.max_model_len={EVALUATION_CONTEXT}",
+                                    lengths=lengths, tasks=MULTITASK)
+        run = bench.adapt("evaluate", run_name, config_args)
+        states = bench.manifest(run_name, "evaluation")["predictions"]["base"]
+        rows = sum(state["rows"] for state in states.values())
+        loop, result = bench.baseline("vllm_evaluation", run_name, config_args)
+        starts = engine_starts(bench.work / f"{run_name}-evaluate.log")
+        detail(f"adapt evaluate ({lengths_name} lengths): {rows} rows of {len(states)} tasks in {run.seconds:.1f} s, "
+               f"{starts} engine starts; vLLM loop: {result['rows']} rows in {loop.seconds:.1f} s (engine start-up "
+               f"{result['start_up_s']:.1f} s, generation and scores {result['generate_s']:.1f} s)")
+        if result["rows"] != rows:
+            raise RuntimeError(f"unequal work: the engine answered {rows} rows, the loop {result['rows']}")
+        ratios[lengths_name] = (rows / run.seconds, result["rows"] / loop.seconds)
+    return figure("evaluation_variable_multitask", *ratios["variable"], fixed=ratios["fixed"])
 
 
 def training_ray_vs_plain(bench: Bench) -> str:
@@ -451,8 +521,8 @@ def scale_100k_vs_10k(bench: Bench) -> str:
 
 FIGURES: dict[str, Callable[[Bench], str]] = {
     figure_function.__name__: figure_function
-    for figure_function in (synthesis_vs_vllm_loop, synthesis_vs_hf_loop, memory_10x_vs_1x, resume_work,
-                            evaluation_vs_vllm_loop, training_ray_vs_plain, scale_100k_vs_10k)
+    for figure_function in (synthesis_variable_b64, synthesis_variable_b256, synthesis_vs_hf_loop, memory_10x_vs_1x,
+                            resume_work, evaluation_variable_multitask, training_ray_vs_plain, scale_100k_vs_10k)
 }
 # Figures measured when --only is not given: the scale figure alone takes longer than the rest together.
 DEFAULT_FIGURES = [name for name in FIGURES if name != "scale_100k_vs_10k"]
@@ -464,8 +534,17 @@ DEFAULT_FIGURES = [name for name in FIGURES if name != "scale_100k_vs_10k"]
 def read_pairs(config, limit: int | None) -> list[dict]:
     import pyarrow.dataset as pads
 
-    table = pads.dataset(config.data.path, format="parquet").to_table(columns=["image", "caption"])
+    table = pads.dataset(config.data.path, format="parquet").to_table(columns=["id", "image", "caption"])
     return table.slice(0, limit).to_pylist()
+
+
+def forced_params(sampling_params_class, output_length: str, key: str, budget: int, **fields):
+    """Greedy vLLM SamplingParams generating exactly the length the engine forces on the request `key` (the loops do
+    the engine's work, no more, no less)."""
+    from engine.models.backends.base import forced_length
+
+    length = forced_length(output_length, key, budget)
+    return sampling_params_class(temperature=0.0, max_tokens=length, min_tokens=length, **fields)
 
 
 def rgb_image(data: bytes):
@@ -488,12 +567,12 @@ def vllm_synthesis(config, limit: int | None) -> dict:
     pairs = read_pairs(config, limit)
     llm = LLM(**engine_kwargs(synthesizer))
     generating = time.monotonic()
-    params = SamplingParams(temperature=0.0, max_tokens=synthesizer.max_tokens, min_tokens=synthesizer.max_tokens,
-                            stop=list(synthesizer_stop(synthesizer.family)), skip_special_tokens=False)
+    params = [forced_params(SamplingParams, synthesizer.output_length, pair["id"], synthesizer.max_tokens,
+                            skip_special_tokens=False) for pair in pairs]
     requests = [{"prompt": synthesizer_prompt(pair["caption"], synthesizer.family),
                  "multi_modal_data": {"image": rgb_image(pair["image"])}} for pair in pairs]
     outputs = llm.generate(requests, params, use_tqdm=False)
-    tasks = [task for output in outputs
+    tasks = [(pair["id"], task) for pair, output in zip(pairs, outputs, strict=True)
              for task in parse_synthesizer_output(output.outputs[0].text, synthesizer.family).tasks]
     generate_s = time.monotonic() - generating
     del llm
@@ -502,8 +581,9 @@ def vllm_synthesis(config, limit: int | None) -> dict:
     judge_ready = time.monotonic()
     if tasks:
         budget = min(judge.max_tokens or JUDGE_MAX_TOKENS, JUDGE_MAX_TOKENS)
-        judge_llm.generate([consistency_prompt(task) for task in tasks],
-                           SamplingParams(temperature=0.0, max_tokens=budget, min_tokens=budget), use_tqdm=False)
+        judge_llm.generate([consistency_prompt(task) for _, task in tasks],
+                           [forced_params(SamplingParams, judge.output_length, key, budget) for key, _ in tasks],
+                           use_tqdm=False)
     generate_s += time.monotonic() - judge_ready
     return {"rows": len(pairs), "output_tokens": sum(len(output.outputs[0].token_ids) for output in outputs),
             "tasks": len(tasks), "generate_s": generate_s,
@@ -514,6 +594,7 @@ def hf_synthesis(config, limit: int | None) -> dict:
     """transformers' `generate` on one pair at a time, then on one parsed task at a time."""
     import torch
 
+    from engine.models.backends.base import forced_length
     from engine.models.loading import load_model, load_processor
     from engine.synthesis.consistency import JUDGE_MAX_TOKENS, consistency_prompt
     from engine.synthesis.parsing import parse_synthesizer_output
@@ -531,8 +612,8 @@ def hf_synthesis(config, limit: int | None) -> dict:
         for pair in pairs:
             inputs = processor(text=[synthesizer_prompt(pair["caption"], synthesizer.family)],
                                images=[[rgb_image(pair["image"])]], return_tensors="pt")
-            output = model.generate(**inputs, max_new_tokens=synthesizer.max_tokens,
-                                    min_new_tokens=synthesizer.max_tokens, do_sample=False)
+            length = forced_length(synthesizer.output_length, pair["id"], synthesizer.max_tokens)
+            output = model.generate(**inputs, max_new_tokens=length, min_new_tokens=length, do_sample=False)
             new_tokens = output[0, inputs["input_ids"].shape[1]:]
             tokens += len(new_tokens)
             text = processor.decode(new_tokens, skip_special_tokens=False)
@@ -546,32 +627,32 @@ def hf_synthesis(config, limit: int | None) -> dict:
 
 
 def vllm_evaluation(config, limit: int | None) -> dict:
-    """The benchmark's prompts in one `generate` call, then the task's scores."""
+    """Every benchmark's prompts in one `generate` call, then each task's scores."""
     import pyarrow.dataset as pads
     from vllm import LLM, SamplingParams
 
     from engine.evaluation.tasks import get_task
     from engine.models.backends.vllm_backend import engine_kwargs
-    from engine.models.families import get_family, render
+    from engine.models.families import render
 
     started = time.monotonic()
-    engine, benchmark = config.evaluation.engine, config.evaluation.benchmarks[0]
-    spec = get_task(benchmark.task)
-    rows = pads.dataset(benchmark.path, format="parquet").to_table().slice(0, limit).to_pylist()
+    engine = config.evaluation.engine
+    tasks = [(get_task(benchmark.task), pads.dataset(benchmark.path, format="parquet").to_table().slice(0, limit)
+              .to_pylist()) for benchmark in config.evaluation.benchmarks]
     llm = LLM(**engine_kwargs(engine))
     generating = time.monotonic()
-    budget = min(spec.max_tokens, engine.max_tokens)  # the runner's rule (engine.evaluation.runner.max_tokens)
-    params = SamplingParams(temperature=0.0, max_tokens=budget, min_tokens=budget,
-                            stop=list(get_family(engine.family).stop))
+    # The runner's budget (TaskSpec.answer_budget) and request key (engine.evaluation.runner.Predict).
+    params = [forced_params(SamplingParams, engine.output_length, f"{spec.name}:{index}",
+                            spec.answer_budget(engine.max_tokens))
+              for spec, rows in tasks for index in range(len(rows))]
     requests = [{"prompt": render(engine.family, [{"role": "user", "content": spec.user_turn(row["input"])}],
                                   add_generation_prompt=True),
-                 "multi_modal_data": {"image": rgb_image(row["image"])}} for row in rows]
-    outputs = llm.generate(requests, params, use_tqdm=False)
-    scores = spec.summarize(
-        (index, spec.scoring_row({**row, "prediction": output.outputs[0].text}))
-        for index, (row, output) in enumerate(zip(rows, outputs, strict=True))
-    )
-    return {"rows": len(rows), "generate_s": time.monotonic() - generating, "start_up_s": generating - started,
+                 "multi_modal_data": {"image": rgb_image(row["image"])}} for spec, rows in tasks for row in rows]
+    outputs = iter(llm.generate(requests, params, use_tqdm=False))
+    scores = {spec.name: spec.summarize((index, spec.scoring_row({**row, "prediction": next(outputs).outputs[0].text}))
+                                        for index, row in enumerate(rows))
+              for spec, rows in tasks}
+    return {"rows": len(requests), "generate_s": time.monotonic() - generating, "start_up_s": generating - started,
             "scores": scores}
 
 

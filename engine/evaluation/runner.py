@@ -57,11 +57,11 @@ from engine.evaluation.benchmarks import (
 from engine.evaluation.tasks import TaskSpec, get_task
 from engine.io.images import ImageLimits, Problem, decode_image
 from engine.io.run_dir import MANIFEST, RunDir, arrow_location
-from engine.models.backends import GenerationRequest, create_backend
+from engine.models.backends import GenerationRequest, GenerationResult, create_backend
 from engine.models.families import FAMILIES, render
 from engine.models.loading import check_hub_models, engine_chat_format
 from engine.records import PREDICTION_SCHEMA
-from engine.runtime import engine_actor_options, ray_session
+from engine.runtime import EngineStep, engine_actor_options, ray_session
 
 # Bump when the normalized benchmark table or the prediction rows change meaning: older files are then redone.
 TABLE_VERSION = 2
@@ -99,7 +99,7 @@ class EveryRequestFailed(RuntimeError):
     """Every generation request of a (model, task) failed: its scores would be zeros that mean nothing."""
 
 
-class Predict:
+class Predict(EngineStep):
     """Ray Data callable over pyarrow batches of benchmark rows: one greedy answer per row, then its scores.
 
     Holds one inference engine, so Ray runs it as an actor pool. A row that arrives with an `error` (its record was
@@ -126,7 +126,26 @@ class Predict:
         # Greedy by protocol (the paper's evaluation), whatever the engine's temperature says.
         return GenerationRequest(prompt=row["prompt"], images=[decoded.image], max_tokens=self._max_tokens[row["task"]],
                                  temperature=0.0, stop=self._format.family.stop,
-                                 stop_token_ids=self._format.stop_token_ids)
+                                 stop_token_ids=self._format.stop_token_ids,
+                                 key=f"{row['task']}:{row['example_index']}")
+
+    def requests(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], GenerationRequest]]:
+        asked = []
+        for row in rows:
+            row["prompt"] = None if row["input"] is None else self._prompt(self._specs[row["task"]], row["input"])
+            request = None if row["error"] else self._request(row)
+            if request is not None:
+                asked.append((row, request))
+        return asked
+
+    def record(self, row: dict[str, Any], result: GenerationResult) -> None:
+        if result.ok:
+            row["prediction"] = result.text
+        else:
+            row["error"] = f"{GENERATION_FAILED}: {result.error}"
+
+    def output(self, rows: list[dict[str, Any]]) -> pa.Table:
+        return pa.Table.from_pylist([self._prediction_row(row) for row in rows], schema=PREDICTION_SCHEMA)
 
     def _prediction_row(self, row: dict[str, Any]) -> dict[str, Any]:
         spec = self._specs[row["task"]]
@@ -138,22 +157,6 @@ class Predict:
             scores = None
         out["scores"] = None if scores is None else json.dumps(scores)
         return out
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        todo: list[tuple[dict[str, Any], GenerationRequest]] = []
-        for row in rows:
-            row["prompt"] = None if row["input"] is None else self._prompt(self._specs[row["task"]], row["input"])
-            request = None if row["error"] else self._request(row)
-            if request is not None:
-                todo.append((row, request))
-        results = self._backend.generate([request for _, request in todo]) if todo else []
-        for (row, _), result in zip(todo, results, strict=True):
-            if result.ok:
-                row["prediction"] = result.text
-            else:
-                row["error"] = f"{GENERATION_FAILED}: {result.error}"
-        return pa.Table.from_pylist([self._prediction_row(row) for row in rows], schema=PREDICTION_SCHEMA)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

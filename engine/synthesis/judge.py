@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
 from engine.config import EngineConfig
-from engine.models.backends import GenerationRequest, create_backend
+from engine.models.backends import GenerationRequest, GenerationResult, create_backend
 from engine.models.loading import raw_prompt_begin
+from engine.runtime import EngineStep
 from engine.synthesis.consistency import (
     JUDGE_MAX_TOKENS,
     JUDGE_TEMPERATURE,
@@ -21,7 +23,7 @@ from engine.synthesis.consistency import (
     verdict,
 )
 from engine.synthesis.parsing import SynthesizedTask
-from engine.synthesis.rows import RowStep, has_task
+from engine.synthesis.rows import RowStep, has_task, work_table
 
 LEXICAL_JUDGE = "lexical"
 JUDGE_FAILED = "judge_failed"
@@ -35,30 +37,33 @@ def _record(row: dict[str, Any], judge: str, outcome: Verdict) -> None:
     row.update(filter=judge, consistency=outcome.label, kept=outcome.kept, drop_reason=outcome.reason)
 
 
-class LLMJudge(RowStep):
+class LLMJudge(EngineStep):
     def __init__(self, engine: EngineConfig, lenient_label: bool = False):
         self._engine = engine
         self._lenient_label = lenient_label
         self._begin = raw_prompt_begin(engine)
         self._backend = create_backend(engine)
 
-    def process(self, rows: list[dict[str, Any]]) -> None:
-        todo = [row for row in rows if has_task(row)]
-        requests = [
-            GenerationRequest(
+    def requests(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], GenerationRequest]]:
+        return [
+            (row, GenerationRequest(
                 prompt=self._begin + consistency_prompt(_task(row)),
                 images=[],
                 max_tokens=min(self._engine.max_tokens or JUDGE_MAX_TOKENS, JUDGE_MAX_TOKENS),
                 temperature=JUDGE_TEMPERATURE,  # greedy, as released (the config refuses another temperature)
-            )
-            for row in todo
+                key=row["id"],
+            ))
+            for row in rows if has_task(row)
         ]
-        results = self._backend.generate(requests) if requests else []
-        for row, result in zip(todo, results, strict=True):
-            if result.error is not None:
-                row.update(filter=self._engine.model, kept=False, drop_reason=JUDGE_FAILED)
-            else:
-                _record(row, self._engine.model, verdict(parse_label(result.text, self._lenient_label)))
+
+    def record(self, row: dict[str, Any], result: GenerationResult) -> None:
+        if result.error is not None:
+            row.update(filter=self._engine.model, kept=False, drop_reason=JUDGE_FAILED)
+        else:
+            _record(row, self._engine.model, verdict(parse_label(result.text, self._lenient_label)))
+
+    def output(self, rows: list[dict[str, Any]]) -> pa.Table:
+        return work_table(rows)
 
 
 class LexicalJudge(RowStep):

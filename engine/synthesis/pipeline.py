@@ -34,7 +34,7 @@ from engine.io.sinks import write_parquet
 from engine.io.sources import dataset_root, list_shards
 from engine.io.validation import validate_row
 from engine.models.loading import check_hub_models
-from engine.runtime import engine_actor_options, ray_session
+from engine.runtime import EngineStep, engine_actor_options, pool_cost, ray_session
 from engine.synthesis import outputs
 from engine.synthesis.examples import BuildExamples
 from engine.synthesis.judge import LexicalJudge, LLMJudge
@@ -67,7 +67,7 @@ def synthesis_fingerprint(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _model_step(ds: ray.data.Dataset, step: type[RowStep], engine: EngineConfig, **kwargs) -> ray.data.Dataset:
+def _model_step(ds: ray.data.Dataset, step: type[EngineStep], engine: EngineConfig, **kwargs) -> ray.data.Dataset:
     return ds.map_batches(step, fn_constructor_kwargs={"engine": engine, **kwargs}, batch_size=engine.batch_size,
                           batch_format="pyarrow", **engine_actor_options(engine))
 
@@ -196,20 +196,26 @@ class SynthesisStage:
             manifest["rows_processed_this_run"] = manifest["rows_in"] - done_before  # the rest from a killed run
             manifest["timings_s"] = {"stream": round(streamed - started, 2),
                                      "finalize": round(time.monotonic() - streamed, 2)}
+            manifest["cost"] = pool_cost(self._pools(), streamed - started, manifest["tasks_kept"])
             self.dir.write_manifest(manifest)
             # Only now: a finalize killed before the manifest runs again from the rows, images included.
             ray.get([_drop_images.remote(path, self.fs) for path in self.fs.glob(self.dir.path(ROWS, "*.parquet"))])
         print(self.summary(manifest), file=sys.stderr)
         return manifest
 
+    def _pools(self) -> dict[str, EngineConfig]:
+        """The engine pools this run streams through, by config section."""
+        config, pools = self.config, {}
+        if config.synthesis.synthesizer == "model":
+            pools["synthesis"] = config.synthesis.engine
+        if config.filter.enabled and config.filter.judge == "llm":
+            pools["filter"] = config.filter.engine
+        return pools
+
     def _hub_models(self) -> dict[str, str]:
         """The models this run's actors load themselves (not through an HTTP server), by config field."""
-        config, models = self.config, {}
-        if config.synthesis.synthesizer == "model" and config.synthesis.engine.backend != "openai":
-            models["synthesis.engine.model"] = config.synthesis.engine.model
-        if config.filter.enabled and config.filter.judge == "llm" and config.filter.engine.backend != "openai":
-            models["filter.engine.model"] = config.filter.engine.model
-        return models
+        return {f"{section}.engine.model": engine.model for section, engine in self._pools().items()
+                if engine.backend != "openai"}
 
     def _committed_rows(self) -> int:
         """Rows a killed earlier run finished (Ray Data's committed checkpoint files; pending ones are rolled back)."""
@@ -256,7 +262,18 @@ class SynthesisStage:
             f"{manifest['rows_out']} examples, {sum(manifest['rows_dropped'].values())} dropped (no task), "
             f"{sum(manifest['rows_quarantined'].values())} quarantined; "
             f"{manifest['tasks_synthesized']} tasks synthesized, {manifest['tasks_kept']} kept ({kept:.0%})"
+            + _cost_line(manifest.get("cost"))
         )
+
+
+def _cost_line(cost: dict[str, Any] | None) -> str:
+    if not cost or not cost["pools"]:
+        return ""
+    per_1k = cost["per_1k_kept_tasks"]
+    each = (f"; per 1,000 kept tasks {per_1k['accelerator_hours']:.3f} accelerator-hours, "
+            f"{per_1k['cpu_core_hours']:.3f} CPU-core-hours" if per_1k else "")
+    return (f"; engine pools {cost['accelerator_hours']:.3f} accelerator-hours, "
+            f"{cost['cpu_core_hours']:.3f} CPU-core-hours{each}")
 
 
 def run_synthesis(config: RunConfig) -> dict[str, Any]:

@@ -56,8 +56,9 @@ def has_task(row: dict[str, Any]) -> bool:
 class RowStep(ABC):
     """A Ray Data map_batches callable over pyarrow batches: rows in, the same rows out with more columns filled.
 
-    Subclasses implement `process(rows)`; they may hold a model (then Ray runs them as an actor pool). The fixed
-    output schema keeps every block's columns and types identical, whatever a batch happened to contain."""
+    Subclasses implement `process(rows)`; the steps that hold a model are EngineSteps (engine.runtime) with the same
+    output. The fixed output schema keeps every block's columns and types identical, whatever a batch happened to
+    contain."""
 
     @abstractmethod
     def process(self, rows: list[dict[str, Any]]) -> None:
@@ -66,4 +67,8 @@ class RowStep(ABC):
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         self.process(rows)
-        return pa.Table.from_pylist(rows, schema=WORK_SCHEMA)
+        return work_table(rows)
+
+
+def work_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=WORK_SCHEMA)

@@ -10,14 +10,16 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import pyarrow as pa
 from PIL import Image
 
 from engine.config import EngineConfig
-from engine.models.backends import GenerationRequest, create_backend
+from engine.models.backends import GenerationRequest, GenerationResult, create_backend
 from engine.models.loading import engine_chat_format
+from engine.runtime import EngineStep
 from engine.synthesis.parsing import ParseResult, parse_synthesizer_output
 from engine.synthesis.prompts import MAX_NEW_TOKENS, PROMPT_VERSION, synthesizer_prompt, synthesizer_stop
-from engine.synthesis.rows import RowStep, is_usable, row_seed
+from engine.synthesis.rows import RowStep, is_usable, row_seed, work_table
 from engine.synthesis.rule_based import rule_based_task
 
 ADAMLLM_FAMILY = "llava-llama3"  # the released synthesizer is LLaVA-v1.6-Llama3-8B
@@ -33,7 +35,7 @@ def _record_parse(row: dict[str, Any], result: ParseResult) -> None:
         row.update(task_reason=result.reason)
 
 
-class ModelSynthesizer(RowStep):
+class ModelSynthesizer(EngineStep):
     def __init__(self, engine: EngineConfig, prompt_format: str, lenient_parse: bool = False):
         family = ADAMLLM_FAMILY if prompt_format == "adamllm" else engine.family
         self._family = engine_chat_format(engine, family).family
@@ -51,18 +53,22 @@ class ModelSynthesizer(RowStep):
             stop=list(synthesizer_stop(self._family)),
             keep_special_tokens=True,  # turns are split on the family's special tokens
             stop_at_eos=False,  # it writes several turns: only the end of text ends it
+            key=row["id"],
         )
 
-    def process(self, rows: list[dict[str, Any]]) -> None:
-        todo = [row for row in rows if is_usable(row)]
-        results = self._backend.generate([self._request(row) for row in todo]) if todo else []
-        for row, result in zip(todo, results, strict=True):
-            row.update(synthesizer=self._engine.model, prompt_version=self._prompt_version)
-            row["output_tokens"] = result.output_tokens
-            if result.error is not None:
-                row.update(task_reason=GENERATION_FAILED, task_detail=result.error)
-            else:
-                _record_parse(row, parse_synthesizer_output(result.text, self._family, self._lenient_parse))
+    def requests(self, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], GenerationRequest]]:
+        return [(row, self._request(row)) for row in rows if is_usable(row)]
+
+    def record(self, row: dict[str, Any], result: GenerationResult) -> None:
+        row.update(synthesizer=self._engine.model, prompt_version=self._prompt_version)
+        row["output_tokens"] = result.output_tokens
+        if result.error is not None:
+            row.update(task_reason=GENERATION_FAILED, task_detail=result.error)
+        else:
+            _record_parse(row, parse_synthesizer_output(result.text, self._family, self._lenient_parse))
+
+    def output(self, rows: list[dict[str, Any]]) -> pa.Table:
+        return work_table(rows)
 
 
 class RuleBasedSynthesizer(RowStep):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import fsspec
@@ -238,6 +239,9 @@ class ScriptedBackend:
             results.append(GenerationResult(text=answer) if answer is not None else GenerationResult(error="boom"))
         return results
 
+    async def agenerate(self, requests):
+        return self.generate(requests)
+
 
 def test_runner_predictions_round_trip_through_score_file(tmp_path, monkeypatch):
     questions = {"Q0": "(B)", "Q1": "no clue", "Q2": "cardiomegaly", "Q3": None, "Q4": "no clue", "Q5": "(A)"}
@@ -259,7 +263,7 @@ def test_runner_predictions_round_trip_through_score_file(tmp_path, monkeypatch)
     predictions.mkdir(parents=True)
     # Two batches written as two files, the later batch first: file order must not matter.
     for position, batch in enumerate((table.slice(3), table.slice(0, 3))):
-        pq.write_table(predict(batch), predictions / f"part-{position}.parquet")
+        pq.write_table(asyncio.run(predict(batch)), predictions / f"part-{position}.parquet")
 
     written = read_prediction_rows(str(predictions))
     assert [row["error"] and row["error"].split(":")[0] for row in written] == [

@@ -6,6 +6,8 @@ greedy outputs, a bad request fails alone, stop strings cut where they should, a
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import io
 import json
 import os
@@ -19,7 +21,7 @@ from PIL import Image
 
 from engine.config import EngineConfig
 from engine.models.backends import GenerationRequest, GenerationResult, create_backend
-from engine.models.backends.base import describe_error, run_isolating_failures
+from engine.models.backends.base import describe_error, forced_length, run_isolating_failures, with_output_length
 from engine.models.families import render
 from engine.models.loading import load_processor
 
@@ -96,6 +98,31 @@ def test_a_failing_request_is_isolated_and_the_rest_stay_batched():
     assert sorted(succeeded) == ["a", "b", "d", "e", "f", "h"]  # each good request generated exactly once
     # 8 fails; each half of 4 holds a bad request: 4 fails, 2 succeeds, 2 fails, 1 fails, 1 succeeds.
     assert [len(call) for call in calls] == [8, 4, 2, 2, 1, 1, 4, 2, 2, 1, 1]
+
+
+def test_forced_lengths_are_drawn_from_the_key_in_the_stated_shares():
+    keys = [f"pair-{index:05d}" for index in range(6000)]
+    uniform = [forced_length("uniform_32_512", key, 512) for key in keys]
+    assert min(uniform) == 32 and max(uniform) == 512
+    assert abs(sum(uniform) / len(uniform) - 272) < 6  # the mean of 32..512; its standard error is about 1.8
+    tail = [forced_length("long_tail", key, 1024) for key in keys]
+    shares = [sum(low <= length <= high for length in tail) / len(tail) for low, high in ((1, 16), (17, 128),
+                                                                                       (129, 1024))]
+    for share, expected in zip(shares, (0.80, 0.15, 0.05), strict=True):
+        assert abs(share - expected) < 4 * (expected * (1 - expected) / len(tail)) ** 0.5
+    # Stable across calls (and processes: no salted hash), capped at the budget, absent when the model decides.
+    assert [forced_length("long_tail", key, 1024) for key in keys[:50]] == tail[:50]
+    assert forced_length("uniform_32_512", keys[0], 20) <= 20
+    assert forced_length("max_tokens", keys[0], 20) == 20
+    assert forced_length("natural", keys[0], 20) is None
+
+
+def test_a_forced_request_cannot_end_early():
+    request = GenerationRequest("A plate of", max_tokens=512, stop=["."], key="pair-00001")
+    forced = with_output_length(request, "uniform_32_512")
+    length = forced_length("uniform_32_512", "pair-00001", 512)
+    assert (forced.max_tokens, forced.min_tokens, forced.stop) == (length, length, None)
+    assert with_output_length(request, "natural") is request
 
 
 def test_a_failure_reason_names_the_root_cause_an_engine_wrapped():
@@ -279,6 +306,37 @@ def test_vllm_bad_requests_fail_alone(vllm_vlm):
     assert "truncated" in results[1].error
     assert "maximum context length" in results[3].error
     assert [results[0].text, results[2].text] == [clean[0].text, clean[2].text]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_vllm_batches_awaited_together_share_the_engine_and_fail_alone(vllm_vlm):
+    """Three batches awaited at once are all inside the engine's scheduler together, and a request that cannot run
+    fails alone, in whichever batch it came."""
+    batches = [[dataclasses.replace(request, max_tokens=32, min_tokens=32) for request in image_requests()]
+               for _ in range(3)]
+    batches[1][0] = GenerationRequest(batches[1][0].prompt, [truncated_jpeg()], 32, keep_special_tokens=True)
+    engine = vllm_vlm._llm.llm_engine
+    peak = 0
+
+    async def watch(done: asyncio.Event) -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, engine.get_num_unfinished_requests())
+            await asyncio.sleep(0.005)
+
+    async def run() -> list[list[GenerationResult]]:
+        done = asyncio.Event()
+        watcher = asyncio.create_task(watch(done))
+        results = await asyncio.gather(*(vllm_vlm.agenerate(batch) for batch in batches))
+        done.set()
+        await watcher
+        return results
+
+    results = asyncio.run(run())
+    assert peak > len(batches[0])  # more than one batch's requests at once
+    assert "truncated" in results[1][0].error
+    assert [result.output_tokens for batch in results for result in batch if result.ok] == [32] * 8
 
 
 @pytest.mark.slow

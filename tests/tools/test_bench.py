@@ -16,6 +16,7 @@ import pytest
 
 from engine.config import EngineConfig
 from engine.models.backends import GenerationRequest, create_backend
+from engine.models.backends.base import forced_length
 from tests.conftest import in_process_vllm, load_tool
 
 bench = load_tool("bench")
@@ -26,7 +27,7 @@ def test_a_figure_is_one_line_with_its_ratio():
 
 
 def test_only_takes_known_figures_in_the_order_given():
-    assert bench.figure_names("resume_work, synthesis_vs_vllm_loop") == ["resume_work", "synthesis_vs_vllm_loop"]
+    assert bench.figure_names("resume_work, synthesis_variable_b64") == ["resume_work", "synthesis_variable_b64"]
     assert bench.parse_args(["--quick", "--only", "memory_10x_vs_1x"]).only == ["memory_10x_vs_1x"]
     assert bench.parse_args([]).only == [name for name in bench.FIGURES if name != "scale_100k_vs_10k"]
     assert bench.parse_args(["--only", "scale_100k_vs_10k"]).only == ["scale_100k_vs_10k"]  # on request only
@@ -129,7 +130,7 @@ def test_written_rows_counts_finished_parquet_files_only(tmp_path):
     assert bench.written_rows(tmp_path / "missing") == 0
 
 
-# The premise: EngineConfig.fixed_output_length makes both backends generate exactly max_tokens, so a random model's
+# The premise: EngineConfig.output_length makes both backends generate exactly the forced length, so a random model's
 # early stops cannot make one side of a ratio do less work.
 
 
@@ -142,19 +143,30 @@ def in_process_vllm_fixture():
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("backend", ["transformers", "vllm"])
-def test_fixed_output_length_outlasts_stop_strings(backend, tiny_model_dir, request):
+def test_forced_output_lengths_outlast_stop_strings(backend, tiny_model_dir, request):
     if backend == "vllm":
         request.getfixturevalue("in_process_vllm")
     budget = 24
+    keys = [f"pair-{index}" for index in range(4)]
 
-    def generate(fixed: bool, stop: list[str] | None):
+    def generate(output_length: str, stop: list[str] | None):
         config = EngineConfig(model=str(tiny_model_dir / "tiny-text-llm"), family="text", backend=backend,
                               device="cpu", dtype="float32", kv_cache_gib=0.0625, max_model_len=256,
-                              enforce_eager=True, fixed_output_length=fixed)
+                              enforce_eager=True, output_length=output_length)
         with create_backend(config) as engine:
-            return engine.generate([GenerationRequest("A plate of", max_tokens=budget, stop=stop)])[0]
+            return engine.generate([GenerationRequest("A plate of", max_tokens=budget, stop=stop, key=key)
+                                    for key in keys])
 
-    free = generate(False, None)
+    free = generate("natural", None)[0]
     stop = [free.text[4:7]]  # text the model writes early on: it ends a normal request there
-    assert generate(False, stop).output_tokens < budget
-    assert generate(True, stop).output_tokens == budget
+    assert generate("natural", stop)[0].output_tokens < budget
+    assert [result.output_tokens for result in generate("max_tokens", stop)] == [budget] * len(keys)
+    # Each request its own drawn length, the same one the baselines compute.
+    drawn = [result.output_tokens for result in generate("long_tail", stop)]
+    assert drawn == [forced_length("long_tail", key, budget) for key in keys]
+
+
+def test_a_figure_shows_the_fixed_regime_as_a_second_column():
+    assert bench.figure("synthesis_variable_b64", 30, 20, fixed=(36, 27)) == (
+        "BENCH synthesis_variable_b64 value=30.000 baseline=20.000 ratio=1.500 fixed_value=36.000 "
+        "fixed_baseline=27.000 fixed_ratio=1.333")

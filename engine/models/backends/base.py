@@ -13,12 +13,18 @@ pool keeps streaming.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import functools
+import hashlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image
+
+from engine.config import OutputLength
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +38,9 @@ class GenerationRequest:
     end of a turn) says so with ``stop_token_ids``, which end it on the token itself. ``keep_special_tokens`` keeps tokens
     such as ``<|eot_id|>`` in the text, which the synthesizer needs to split the turns it writes. ``stop_at_eos``
     False lets only the stop strings end the output: a synthesizer writes several turns, and the end-of-turn tokens
-    its checkpoint lists as end-of-sequence must not end them.
+    its checkpoint lists as end-of-sequence must not end them. ``min_tokens`` keeps the end-of-sequence tokens and
+    stops from ending it earlier (benchmarks, see ``forced_length``); ``key`` names the request stably (its row id),
+    which seeds the lengths benchmarks draw.
     """
 
     prompt: str
@@ -43,6 +51,8 @@ class GenerationRequest:
     stop_token_ids: Sequence[int] = ()
     keep_special_tokens: bool = False
     stop_at_eos: bool = True
+    min_tokens: int = 0
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,12 @@ class GenerationResult:
 
 
 class Backend(ABC):
-    """An inference engine holding one model. Not thread-safe: one actor holds one backend."""
+    """An inference engine holding one model; one actor holds one backend.
+
+    ``generate`` is for one caller at a time. ``agenerate`` may be awaited by several batches at once (Ray Data runs
+    an actor's async calls concurrently, engine.runtime): here they take turns on ``generate`` in a worker thread;
+    a backend whose engine takes requests from several batches at once overrides it.
+    """
 
     @property
     @abstractmethod
@@ -74,6 +89,16 @@ class Backend(ABC):
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Complete every request, in order. A failed request is recorded in its result, never raised."""
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """``generate`` for a caller on an event loop, which keeps running meanwhile."""
+        async with self._turn:
+            return await asyncio.to_thread(self.generate, requests)
+
+    @functools.cached_property
+    def _turn(self) -> asyncio.Lock:
+        """Lets concurrent ``agenerate`` calls into ``generate`` one at a time."""
+        return asyncio.Lock()
 
     def close(self) -> None:
         """Release the model (memory, server connections). The backend is unusable afterwards."""
@@ -116,3 +141,39 @@ def run_isolating_failures(requests: Sequence[GenerationRequest], run_batch: Bat
         logger.warning("batch of %d failed (%s); retrying it in halves", len(requests), describe_error(error))
     middle = len(requests) // 2
     return run_isolating_failures(requests[:middle], run_batch) + run_isolating_failures(requests[middle:], run_batch)
+
+
+# Benchmark answer lengths (EngineConfig.output_length): (share, shortest, longest) bands, drawn by the request's key.
+# The synthesizer writes a caption's worth of QA turns; benchmark answers are mostly a word or a phrase, with some
+# descriptions and recipes among them.
+LENGTH_BANDS: dict[str, tuple[tuple[float, int, int], ...]] = {
+    "uniform_32_512": ((1.0, 32, 512),),
+    "long_tail": ((0.80, 1, 16), (0.15, 17, 128), (0.05, 129, 1024)),
+}
+
+
+def forced_length(mode: OutputLength, key: str, budget: int) -> int | None:
+    """The exact answer length a benchmark forces on a request named `key` with `budget` max tokens, or None when the
+    model decides ('natural'). The same key gets the same length in every process and run, so the engine and every
+    baseline of a benchmark generate the same tokens."""
+    if mode == "natural":
+        return None
+    if mode == "max_tokens":
+        return budget
+    digest = hashlib.sha256(f"{mode}:{key}".encode()).digest()
+    share = int.from_bytes(digest[:8], "big") / 2**64
+    offset = int.from_bytes(digest[8:16], "big")
+    for band_share, shortest, longest in LENGTH_BANDS[mode]:
+        if share < band_share:
+            break
+        share -= band_share
+    return min(budget, shortest + offset % (longest - shortest + 1))
+
+
+def with_output_length(request: GenerationRequest, mode: OutputLength) -> GenerationRequest:
+    """`request` as a benchmark runs it: forced to its drawn length (end-of-sequence tokens and stops cannot end it
+    earlier), or unchanged when the model decides."""
+    length = forced_length(mode, request.key, request.max_tokens)
+    if length is None:
+        return request
+    return dataclasses.replace(request, max_tokens=length, min_tokens=length, stop=None)

@@ -9,7 +9,6 @@ the text, and a stop string ends the text without being part of it.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +17,13 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from engine.config import EngineConfig
-from engine.models.backends.base import Backend, GenerationRequest, GenerationResult, run_isolating_failures
+from engine.models.backends.base import (
+    Backend,
+    GenerationRequest,
+    GenerationResult,
+    run_isolating_failures,
+    with_output_length,
+)
 from engine.models.loading import load_model, load_processor
 
 
@@ -26,7 +31,7 @@ class TransformersBackend(Backend):
     def __init__(self, config: EngineConfig):
         self._model_id = config.model
         self._device = torch.device(config.device)
-        self._fixed_output_length = config.fixed_output_length
+        self._output_length = config.output_length
         self._processor = load_processor(config.model, trust_remote_code=config.trust_remote_code,
                                          **config.processor_kwargs())
         takes_images = not isinstance(self._processor, PreTrainedTokenizerBase)
@@ -47,8 +52,7 @@ class TransformersBackend(Backend):
         return self._model_id
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        if self._fixed_output_length:  # stop strings would end generation early (end-of-sequence: min_new_tokens)
-            requests = [dataclasses.replace(request, stop=None) for request in requests]
+        requests = [with_output_length(request, self._output_length) for request in requests]
         return run_isolating_failures(requests, self._generate_batch)
 
     def close(self) -> None:
@@ -59,8 +63,8 @@ class TransformersBackend(Backend):
     def _generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         groups: dict[tuple, list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
-            key = (request.max_tokens, request.temperature, tuple(request.stop or ()), tuple(request.stop_token_ids),
-                   request.stop_at_eos)
+            key = (request.max_tokens, request.min_tokens, request.temperature, tuple(request.stop or ()),
+                   tuple(request.stop_token_ids), request.stop_at_eos)
             groups[key].append(index)
         results: list[GenerationResult | None] = [None] * len(requests)
         for indices in groups.values():
@@ -94,8 +98,8 @@ class TransformersBackend(Backend):
 
     def _generation_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": request.max_tokens, "pad_token_id": self._pad_id}
-        if self._fixed_output_length:
-            kwargs["min_new_tokens"] = request.max_tokens  # suppresses the end-of-sequence tokens until then
+        if request.min_tokens:
+            kwargs["min_new_tokens"] = request.min_tokens  # suppresses the end-of-sequence tokens until then
         if request.temperature > 0:
             # Plain temperature sampling, as vLLM does with these parameters, whatever the checkpoint's defaults say.
             kwargs.update(do_sample=True, temperature=request.temperature, top_k=0, top_p=1.0)

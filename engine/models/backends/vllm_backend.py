@@ -8,13 +8,19 @@ Process environment the engine reads at start-up, which the caller sets (the sta
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import os
+import queue
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from engine.config import EngineConfig, core_ids
-from engine.models.backends.base import Backend, GenerationRequest, GenerationResult, run_isolating_failures
+from engine.models.backends.base import Backend, GenerationRequest, GenerationResult, with_output_length
 from engine.models.loading import resolve_model
 
 GIB = 1 << 30
@@ -69,50 +75,137 @@ def bind_to_cores(cores: str) -> None:
 
 
 class VLLMBackend(Backend):
-    """Each ``generate`` call is one batched ``LLM.generate``; vLLM schedules the batch with continuous batching."""
+    """vLLM's engine, fed continuously: requests from every batch in flight share one scheduler.
+
+    A thread of this backend owns the engine: it adds the requests callers submit (``vllm.LLM.enqueue``, one at a
+    time, so a request vLLM refuses fails alone) and steps the engine (``LLMEngine.step``) while any is unfinished,
+    handing each finished request to its caller. A batch thus no longer waits for its longest answer with the
+    scheduler half empty, whatever the batch size.
+
+    Why not vLLM's AsyncLLM, which Ray Data LLM runs: it always puts the engine core in a second process (and the CPU
+    build its worker in a third), where ``LLM`` keeps it in the actor's process when
+    VLLM_ENABLE_V1_MULTIPROCESSING=0 (the CPU actors, engine.runtime) and in a background process on GPUs, as
+    AsyncLLM does. On 2 cores the extra processes cost about 15 s more start-up per engine and a share of the cores.
+    """
 
     def __init__(self, config: EngineConfig):
         from vllm import LLM, SamplingParams
 
         self._sampling_params_class = SamplingParams
         self._model_id = config.model
-        self._fixed_output_length = config.fixed_output_length
+        self._output_length = config.output_length
         if config.cpu_threads_bind:
             bind_to_cores(config.cpu_threads_bind)
         self._llm = LLM(**engine_kwargs(config, model=resolve_model(config.model)))
+        self._submitted: queue.SimpleQueue = queue.SimpleQueue()
+        self._feeder = threading.Thread(target=self._feed, name="vllm-feeder", daemon=True)
+        self._feeder.start()
 
     @property
     def model_id(self) -> str:
         return self._model_id
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        return run_isolating_failures(requests, self._generate_batch)
+        return [future.result() for future in self._submit(requests)]
 
-    def _generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        prompts = [_engine_prompt(request) for request in requests]
-        params = [self._sampling_params(request) for request in requests]
-        # Prompts carry every special token they need, the BOS included (engine.models.loading.chat_format).
-        outputs = self._llm.generate(prompts, params, use_tqdm=False, tokenization_kwargs={"add_special_tokens": False})
-        return [_result(output) for output in outputs]
-
-    def _sampling_params(self, request: GenerationRequest) -> Any:
-        # min_tokens masks the end-of-sequence tokens until then, and vLLM checks stop strings only after min_tokens.
-        fixed = {"min_tokens": request.max_tokens} if self._fixed_output_length else {}
-        return self._sampling_params_class(
-            temperature=request.temperature,
-            max_tokens=request.max_tokens,
-            stop=list(request.stop) if request.stop else None,
-            stop_token_ids=list(request.stop_token_ids) or None,
-            skip_special_tokens=not request.keep_special_tokens,
-            ignore_eos=not request.stop_at_eos,
-            **fixed,
-        )
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        return list(await asyncio.gather(*map(asyncio.wrap_future, self._submit(requests))))
 
     def close(self) -> None:
         # vLLM has no public shutdown: its engine (and, multi-process, its engine-core process) is released by a
         # finalizer when the LLM object is collected, and the engine holds reference cycles.
+        if self._feeder.is_alive():
+            self._submitted.put(_CLOSE)
+            self._feeder.join()
         self._llm = None
         gc.collect()
+
+    def _submit(self, requests: Sequence[GenerationRequest]) -> list[Future[GenerationResult]]:
+        if not self._feeder.is_alive():
+            raise RuntimeError("the vLLM backend is closed")
+        futures = []
+        for request in requests:
+            request = with_output_length(request, self._output_length)
+            future: Future[GenerationResult] = Future()
+            self._submitted.put(_Submission(_engine_prompt(request), self._sampling_params(request), future))
+            futures.append(future)
+        return futures
+
+    def _feed(self) -> None:
+        """The engine's thread: add what was submitted, step while anything is unfinished, wait when nothing is."""
+        engine, running = self._llm.llm_engine, {}
+        while True:
+            submissions = ([] if running else [self._submitted.get()]) + _drain(self._submitted)
+            if _CLOSE in submissions:
+                _fail([future for _, future in running.values()] + [s.future for s in submissions if s is not _CLOSE],
+                      "the vLLM backend was closed")
+                return
+            for submission in submissions:
+                self._add(submission, running)
+            if not running:
+                continue
+            try:
+                outputs = engine.step()
+            except Exception as error:  # noqa: BLE001 - the engine failed every request it held, not the stream
+                with contextlib.suppress(Exception):
+                    engine.abort_request([internal for internal, _ in running.values()], internal=True)
+                _fail([future for _, future in running.values()], error)
+                running.clear()
+                continue
+            for output in outputs:
+                if output.finished:
+                    running.pop(output.request_id)[1].set_result(_result(output))
+
+    def _add(self, submission: _Submission, running: dict[str, tuple[str, Future[GenerationResult]]]) -> None:
+        """Hand the submission to the engine; `running` maps the id outputs carry to the engine's own id and the
+        caller's future."""
+        try:
+            # Prompts carry every special token they need, the BOS included (engine.models.loading.chat_format).
+            [internal_id] = self._llm.enqueue([submission.prompt], [submission.params], use_tqdm=False,
+                                              tokenization_kwargs={"add_special_tokens": False})
+        except Exception as error:  # noqa: BLE001 - a request vLLM refuses (bad image, too long) fails alone
+            submission.future.set_result(GenerationResult.failure(error))
+            return
+        # vLLM makes its own id by appending "-" and 8 random characters to the one outputs carry
+        # (InputProcessor.assign_request_id).
+        running[internal_id.rsplit("-", 1)[0]] = (internal_id, submission.future)
+
+    def _sampling_params(self, request: GenerationRequest) -> Any:
+        # min_tokens masks the end-of-sequence tokens until then, and vLLM checks stop strings only after min_tokens.
+        return self._sampling_params_class(
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+            min_tokens=request.min_tokens,
+            stop=list(request.stop) if request.stop else None,
+            stop_token_ids=list(request.stop_token_ids) or None,
+            skip_special_tokens=not request.keep_special_tokens,
+            ignore_eos=not request.stop_at_eos,
+        )
+
+
+@dataclass(frozen=True)
+class _Submission:
+    prompt: dict[str, Any]
+    params: Any
+    future: Future[GenerationResult]
+
+
+# Put on the queue by close(): the feeder fails what it still holds and ends.
+_CLOSE = object()
+
+
+def _drain(submitted: queue.SimpleQueue) -> list:
+    """What has been submitted so far, without waiting."""
+    items = []
+    with contextlib.suppress(queue.Empty):
+        while True:
+            items.append(submitted.get_nowait())
+    return items
+
+
+def _fail(futures: list[Future[GenerationResult]], error: str | BaseException) -> None:
+    for future in futures:
+        future.set_result(GenerationResult.failure(error))
 
 
 def _engine_prompt(request: GenerationRequest) -> dict[str, Any]:

@@ -1,0 +1,77 @@
+"""engine/runtime.py: engine actors keep several batches in flight, and a request that cannot run fails alone there."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from engine.config import EngineConfig
+from engine.models.backends import GenerationRequest, GenerationResult, create_backend
+from engine.runtime import EngineStep, engine_actor_options
+
+ROWS, BATCH, IN_FLIGHT, TOKENS = 48, 4, 4, 24
+TOO_LONG = 7  # this row's prompt exceeds the engine's context
+
+
+def engine_config(tiny_model_dir, backend: str) -> EngineConfig:
+    return EngineConfig(model=str(tiny_model_dir / "tiny-text-llm"), family="text", backend=backend, device="cpu",
+                        dtype="float32", kv_cache_gib=0.0625, max_model_len=128, enforce_eager=True, num_cpus=0.5,
+                        batch_size=BATCH, max_concurrent_batches=IN_FLIGHT, output_length="max_tokens")
+
+
+def counting_step() -> type[EngineStep]:
+    """An EngineStep over a real engine that records, per row, how many of the actor's calls were running when its
+    batch finished. Defined in a function so Ray ships the class by value to its actor."""
+
+    class CountingStep(EngineStep):
+        running = 0
+        peak = 0
+
+        def __init__(self, engine: EngineConfig):
+            self._backend = create_backend(engine)
+
+        def requests(self, rows):
+            return [(row, GenerationRequest(("word " * 400) if row["id"] == TOO_LONG else f"Item {row['id']} is",
+                                            max_tokens=TOKENS, key=str(row["id"]))) for row in rows]
+
+        def record(self, row, result: GenerationResult):
+            row.update(tokens=result.output_tokens, error=result.error)
+
+        def output(self, rows):
+            return pa.Table.from_pylist(rows)
+
+        async def __call__(self, batch):
+            cls = type(self)
+            cls.running += 1
+            cls.peak = max(cls.peak, cls.running)
+            try:
+                table = await super().__call__(batch)
+            finally:
+                cls.running -= 1
+            return table.append_column("peak", pa.array([cls.peak] * table.num_rows))
+
+    return CountingStep
+
+
+def test_the_pool_sends_each_engine_actor_several_batches_except_transformers(tiny_model_dir):
+    for backend, in_flight in (("vllm", IN_FLIGHT), ("transformers", 1)):
+        options = engine_actor_options(engine_config(tiny_model_dir, backend))
+        pool = options["compute"]
+        assert pool.max_concurrent_calls_per_actor == pool.max_tasks_in_flight_per_actor == in_flight
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_one_vllm_actor_runs_several_batches_at_once_and_a_bad_request_fails_alone(ray_cluster, tiny_model_dir):
+    import ray
+
+    engine = engine_config(tiny_model_dir, "vllm").model_copy(update={"concurrency": 1})
+    rows = (ray.data.range(ROWS, override_num_blocks=ROWS // BATCH)
+            .map_batches(counting_step(), fn_constructor_kwargs={"engine": engine}, batch_size=BATCH,
+                         batch_format="pyarrow", **engine_actor_options(engine))
+            .take_all())
+    assert sorted(row["id"] for row in rows) == list(range(ROWS))  # every row answered once
+    assert max(row["peak"] for row in rows) > 1
+    failed = [row for row in rows if row["error"]]
+    assert [row["id"] for row in failed] == [TOO_LONG] and "maximum context length" in failed[0]["error"]
+    assert all(row["tokens"] == TOKENS for row in rows if not row["error"])
