@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import fsspec
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -125,6 +126,28 @@ def committed_checkpoint_rows(url: str) -> int:
     return sum(pq.read_metadata(p, filesystem=fs).num_rows for p in files)
 
 
+def settled_checkpoint_rows(session: int, folder: str) -> int:
+    """Committed checkpoint rows once every process of the killed session is gone and the count holds still: a
+    commit the object store had received whole still lands after its sender died."""
+    deadline = time.monotonic() + 60
+    while any(session_of(process) == session for process in psutil.process_iter()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    rows = committed_checkpoint_rows(folder)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        rows, previous = committed_checkpoint_rows(folder), rows
+        if rows == previous:
+            break
+    return rows
+
+
+def session_of(process: psutil.Process) -> int | None:
+    try:
+        return os.getsid(process.pid)
+    except OSError:  # gone since it was listed
+        return None
+
+
 @pytest.mark.timeout(600)
 def test_a_synthesis_killed_on_s3_resumes_exactly_once(s3_bucket, tiny_model_dir, tmp_path):
     s3 = s3_bucket
@@ -153,7 +176,7 @@ def test_a_synthesis_killed_on_s3_resumes_exactly_once(s3_bucket, tiny_model_dir
         time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)  # the driver, its Ray and its actors, with no clean-up of any kind
     first.wait()
-    done_before = committed_checkpoint_rows(f"{run}/synthesis/_checkpoint")
+    done_before = settled_checkpoint_rows(first.pid, f"{run}/synthesis/_checkpoint")
     fs, root = fsspec.core.url_to_fs(run)
     assert not fs.exists(f"{root}/synthesis/manifest.json"), "the run finished before it could be killed"
     assert 0 < done_before < RESUME_ROWS

@@ -151,6 +151,32 @@ def test_two_models_on_the_demo_benchmark(ray_cluster, demo_benchmark, tiny_mode
     assert skipped["base"]["demo_vqa"]["skipped"] and skipped["adapted"]["demo_vqa"]["skipped"]
 
 
+def predict_actors() -> set[str]:
+    """Ids of every actor this Ray session has started to hold the evaluation's engine, live or dead."""
+    import ray
+
+    return {actor_id for actor_id, actor in ray._private.state.actors().items()
+            if "Predict" in actor.get("ActorClassName", "")}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_every_task_of_a_model_goes_through_one_engine(ray_cluster, demo_benchmark, tiny_model_dir, tmp_path):
+    """Four tasks, one model, a pool of one actor: one engine starts, and every task keeps its own rows."""
+    run = tmp_path / "run"
+    tasks = ("demo_vqa", "vqa_rad", "slake", "pathvqa")  # the same columns (image, question, answer, OPEN/CLOSED)
+    config = demo_config(demo_benchmark, tiny_model_dir, run).model_copy(deep=True)
+    config.evaluation.benchmarks = [config.evaluation.benchmarks[0].model_copy(update={"task": task})
+                                    for task in tasks]
+    before = predict_actors()
+    report = run_evaluation(config)
+    assert len(predict_actors() - before) == config.evaluation.engine.concurrency == 1
+    assert set(report["base"]) == set(tasks)
+    for task in tasks:
+        rows = pq.read_table(run / "evaluation" / "predictions" / "base" / f"task={task}").to_pylist()
+        assert sorted(row["example_index"] for row in rows) == list(range(BENCHMARK_ROWS))
+
+
 def committed_checkpoints(run: Path) -> list[Path]:
     """Ray Data's committed checkpoint files of the base model's prediction job."""
     folder = run / "evaluation" / "_checkpoint" / "base"
