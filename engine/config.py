@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 FamilyName = Literal["qwen2-vl", "llava-llama3", "llava-hf-llama3", "mllama", "text"]
 InferenceBackend = Literal["vllm", "transformers", "openai"]
 Device = Literal["cpu", "cuda"]
+# Sequences vLLM's scheduler runs at once by default (max_num_seqs): what the batches in flight on an actor must fill.
+SCHEDULER_SEQUENCES = 256
 # How long each answer is: the model's own choice, or forced for benchmarks (engine.models.backends.base.forced_length).
 OutputLength = Literal["natural", "max_tokens", "uniform_32_512", "long_tail"]
 
@@ -243,12 +245,14 @@ class EngineConfig(Section, ImageBounds):
         "(max_concurrent_batches), so the batch size no longer decides how busy it is; it sets how many rows a "
         "retry repeats and how often progress is committed.",
     )
-    max_concurrent_batches: int = speed_field(
-        8,
+    max_concurrent_batches: int | None = speed_field(
+        None,
         ge=1,
         description="Batches in flight per actor (backends vllm and openai): while one batch waits for its longest "
-        "answer, the others keep the engine's scheduler full. 8 as in Ray Data LLM. The transformers backend runs "
-        "one batch at a time whatever this says.",
+        "answer, the others keep the engine's scheduler full. Null: enough to fill vLLM's scheduler (256 sequences, "
+        "its default max_num_seqs) with one batch more, ceil(256 / batch_size) + 1 (5 for batches of 64). More only "
+        "queues rows on one actor while another idles at the end of a stream. The transformers backend runs one "
+        "batch at a time whatever this says.",
     )
     max_tokens: int | None = Field(
         None, ge=1,
@@ -285,6 +289,14 @@ class EngineConfig(Section, ImageBounds):
     )
     min_pixels: int | None = min_pixels_field()
     max_pixels: int | None = max_pixels_field()
+
+    def batches_in_flight(self) -> int:
+        """Batches one actor of this engine works on at once (max_concurrent_batches, or its default)."""
+        if self.backend == "transformers":
+            return 1
+        if self.max_concurrent_batches is not None:
+            return self.max_concurrent_batches
+        return -(-SCHEDULER_SEQUENCES // self.batch_size) + 1
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:

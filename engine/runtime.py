@@ -97,9 +97,8 @@ def engine_actor_options(engine: EngineConfig) -> dict:
         # down; the CUDA build keeps vLLM's multiprocessing.
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     # Several batches in flight per actor: Ray Data sends an actor that many calls at once and runs them together on
-    # its event loop, and the engine schedules the requests of all of them. The transformers backend answers one
-    # batch at a time, so more would only hold rows in memory.
-    in_flight = 1 if engine.backend == "transformers" else engine.max_concurrent_batches
+    # its event loop, and the engine schedules the requests of all of them.
+    in_flight = engine.batches_in_flight()
     pool = ray.data.ActorPoolStrategy(size=engine.concurrency, max_tasks_in_flight_per_actor=in_flight,
                                       max_concurrent_calls_per_actor=in_flight)
     options = {"num_cpus": engine.num_cpus, "num_gpus": engine.num_gpus or None, "compute": pool}

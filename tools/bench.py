@@ -67,6 +67,7 @@ import functools
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -101,7 +102,6 @@ FIXED_EVALUATION_TOKENS = 64
 MULTITASK = ("demo_vqa", "vqa_rad", "slake", "pathvqa")
 REGIMES = {"variable": VARIABLE, "fixed": FIXED}
 EVALUATION_CONTEXT = 2048  # a prompt and the longest drawn answer (1024 tokens)
-VLLM_ENGINE_START = "Initializing a V1 LLM engine"
 RESUME_BATCH = 32
 # Engine settings measured best on 2 cores, on top of configs/demo.yaml: two actors per model pool, which Ray runs with
 # one OpenMP thread each (num_cpus < 1), against the loop's one process with two. Two one-thread vLLM processes
@@ -129,7 +129,7 @@ class Sizes:
     training_pairs: int  # training examples: a multiple of the global batch (8), so both sides train on all of them
 
 
-QUICK = Sizes(pairs=1024, hf_pairs=8, resume_pairs=256, benchmark_rows=96, training_pairs=200)
+QUICK = Sizes(pairs=1024, hf_pairs=8, resume_pairs=256, benchmark_rows=384, training_pairs=200)
 FULL = Sizes(pairs=9216, hf_pairs=32, resume_pairs=1024, benchmark_rows=16000, training_pairs=800)
 
 
@@ -317,7 +317,8 @@ class Bench:
         data, vlm, judge = self.data(pairs), self.models / "tiny-qwen2-vl", self.models / "tiny-text-llm"
         benchmark = data / "benchmark" / "demo_vqa.parquet"
         evaluation_tokens = "null" if lengths is VARIABLE else FIXED_EVALUATION_TOKENS
-        benchmarks = ", ".join(f"{{task: {task}, path: {benchmark}, format: parquet}}" for task in tasks)
+        rows = self.sizes.benchmark_rows // len(tasks)  # the benchmark's rows, shared by the tasks
+        benchmarks = ", ".join(f"{{task: {task}, path: {benchmark}, format: parquet, limit: {rows}}}" for task in tasks)
         return [
             f"data.path={data / 'captions'}", f"output_dir={self.work / run}",
             f"cluster.temp_dir={self.work / 'ray'}",  # this tool's Ray sessions apart from anyone else's
@@ -442,9 +443,10 @@ def resume_work(bench: Bench) -> str:
     return figure("resume_work", written_before + manifest["rows_processed_this_run"], manifest["rows_in"])
 
 
-def engine_starts(log: Path) -> int:
-    """vLLM engines a command started, from the line each prints at start (Ray forwards its actors' output)."""
-    return log.read_text(errors="replace").count(VLLM_ENGINE_START)
+def engine_starts(log: Path, step: str) -> int:
+    """Actor processes a command started for the engine step `step`, from the prefix Ray writes before everything
+    such an actor prints (`(MapWorker(MapBatches(Predict)) pid=123)`): one engine each."""
+    return len(set(re.findall(rf"\(MapWorker\(MapBatches\({step}\)\) pid=(\d+)\)", log.read_text(errors="replace"))))
 
 
 def evaluation_variable_multitask(bench: Bench) -> str:
@@ -459,7 +461,7 @@ def evaluation_variable_multitask(bench: Bench) -> str:
         states = bench.manifest(run_name, "evaluation")["predictions"]["base"]
         rows = sum(state["rows"] for state in states.values())
         loop, result = bench.baseline("vllm_evaluation", run_name, config_args)
-        starts = engine_starts(bench.work / f"{run_name}-evaluate.log")
+        starts = engine_starts(bench.work / f"{run_name}-evaluate.log", "Predict")
         detail(f"adapt evaluate ({lengths_name} lengths): {rows} rows of {len(states)} tasks in {run.seconds:.1f} s, "
                f"{starts} engine starts; vLLM loop: {result['rows']} rows in {loop.seconds:.1f} s (engine start-up "
                f"{result['start_up_s']:.1f} s, generation and scores {result['generate_s']:.1f} s)")
@@ -637,8 +639,8 @@ def vllm_evaluation(config, limit: int | None) -> dict:
 
     started = time.monotonic()
     engine = config.evaluation.engine
-    tasks = [(get_task(benchmark.task), pads.dataset(benchmark.path, format="parquet").to_table().slice(0, limit)
-              .to_pylist()) for benchmark in config.evaluation.benchmarks]
+    tasks = [(get_task(benchmark.task), pads.dataset(benchmark.path, format="parquet").to_table()
+              .slice(0, limit or benchmark.limit).to_pylist()) for benchmark in config.evaluation.benchmarks]
     llm = LLM(**engine_kwargs(engine))
     generating = time.monotonic()
     # The runner's budget (TaskSpec.answer_budget) and request key (engine.evaluation.runner.Predict).
