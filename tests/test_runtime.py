@@ -7,7 +7,7 @@ import pytest
 
 from engine.config import EngineConfig
 from engine.models.backends import GenerationRequest, GenerationResult, create_backend
-from engine.runtime import EngineStep, engine_actor_options
+from engine.runtime import EngineStep, engine_actor_options, pool_cost
 
 ROWS, BATCH, IN_FLIGHT, TOKENS = 48, 4, 4, 24
 TOO_LONG = 7  # this row's prompt exceeds the engine's context
@@ -62,6 +62,18 @@ def test_the_pool_sends_each_engine_actor_several_batches_except_transformers(ti
                               (vllm.model_copy(update={"max_concurrent_batches": None, "batch_size": 100}), 4)):
         pool = engine_actor_options(engine)["compute"]
         assert pool.max_concurrent_calls_per_actor == pool.max_tasks_in_flight_per_actor == in_flight
+
+
+def test_the_pools_cost_their_actors_resources_for_the_whole_stream(tiny_model_dir):
+    vllm = engine_config(tiny_model_dir, "vllm")
+    synthesizer = vllm.model_copy(update={"device": "cuda", "concurrency": 2, "num_gpus": 1.0, "num_cpus": 4.0})
+    judge = vllm.model_copy(update={"device": "cuda", "concurrency": 1, "num_gpus": 0.5, "num_cpus": 2.0})
+    cost = pool_cost({"synthesis": synthesizer, "filter": judge}, seconds=1800, kept_tasks=500)
+    # (2 x 1 + 1 x 0.5) GPUs and (2 x 4 + 1 x 2) CPUs, for half an hour
+    assert (cost["accelerator_hours"], cost["cpu_core_hours"]) == (1.25, 5.0)
+    assert cost["per_1k_kept_tasks"] == {"accelerator_hours": 2.5, "cpu_core_hours": 10.0}
+    assert cost["pools"]["filter"] == {"actors": 1, "gpus_per_actor": 0.5, "cpus_per_actor": 2.0}
+    assert pool_cost({}, seconds=10, kept_tasks=0)["per_1k_kept_tasks"] is None  # nothing kept: no rate
 
 
 @pytest.mark.slow
