@@ -51,6 +51,10 @@ training_ray_vs_plain    training samples/s of `adapt train` (Ray Train, 2 CPU w
     examples through the engine's mixture and collator, same micro-batch, global batch and steps, AdamW, the model
     saved at the end. The instruction set comes from an untimed rule-based synthesis. Stderr splits both into
     start-up and steps (the engine's steps from its metrics.csv).
+engine_feed_vs_single_call  output tokens/s of the engine's vLLM backend fed the synthesizer's requests (variable
+    lengths) in batches of 64, as many in flight as an engine actor takes (EngineConfig.batches_in_flight) / one
+    `LLM.generate` call over the same requests: one process, no Ray, generation only. Stderr adds the same batches one
+    after another, as the engine ran them before. Not in the default set.
 scale_100k_vs_10k        peak RSS of the `adapt synthesize` driver process on SCALE_PAIRS demo pairs (rule-based
     synthesizer, lexical judge: the engine's own work, no model) / the same on a tenth of them. Not in the default set
     (`--only scale_100k_vs_10k`; the same sizes with or without --quick). Stderr: the session's summed peak RSS, pairs/s,
@@ -521,13 +525,28 @@ def scale_100k_vs_10k(bench: Bench) -> str:
     return figure("scale_100k_vs_10k", large.leader_peak_rss / GIB, small.leader_peak_rss / GIB)
 
 
+def engine_feed_vs_single_call(bench: Bench) -> str:
+    """Output tokens/s of the vLLM backend fed the synthesizer's requests in batches of 64, as many in flight as an
+    engine actor takes / one `LLM.generate` call over the same requests, in one process (no Ray, start-up excluded)."""
+    config_args = bench.new_run("feed", bench.sizes.pairs, "synthesis.engine.batch_size=64", lengths=VARIABLE)
+    _, result = bench.baseline("feed_and_single_call", "feed", config_args)
+    detail(f"one process, {result['requests']} requests, {result['output_tokens']} output tokens: one call "
+           f"{result['single_call']:.0f} tokens/s; batches of 64, {result['in_flight']} in flight "
+           f"{result['fed']:.0f}; the same batches one after another (one in flight, as before) "
+           f"{result['one_at_a_time']:.0f}")
+    return figure("engine_feed_vs_single_call", result["fed"], result["single_call"])
+
+
 FIGURES: dict[str, Callable[[Bench], str]] = {
     figure_function.__name__: figure_function
     for figure_function in (synthesis_variable_b64, synthesis_variable_b256, synthesis_vs_hf_loop, memory_10x_vs_1x,
-                            resume_work, evaluation_variable_multitask, training_ray_vs_plain, scale_100k_vs_10k)
+                            resume_work, evaluation_variable_multitask, training_ray_vs_plain, scale_100k_vs_10k,
+                            engine_feed_vs_single_call)
 }
-# Figures measured when --only is not given: the scale figure alone takes longer than the rest together.
-DEFAULT_FIGURES = [name for name in FIGURES if name != "scale_100k_vs_10k"]
+# Figures measured when --only is not given: the scale figure alone takes longer than the rest together, and the
+# engine's own figure explains the synthesis figures rather than adding one.
+ON_REQUEST = ("scale_100k_vs_10k", "engine_feed_vs_single_call")
+DEFAULT_FIGURES = [name for name in FIGURES if name not in ON_REQUEST]
 
 
 # --------------------------------------------------------------------------------- baselines (run in their own process)
@@ -695,8 +714,54 @@ def plain_training(config, limit: int | None) -> dict:
     return {"samples": samples, "steps": steps, "steps_s": steps_s, "save_s": time.monotonic() - started - steps_s}
 
 
+def feed_and_single_call(config, limit: int | None) -> dict:
+    """The synthesizer's requests three ways in this process, each timed over its generation, after a warm-up: one
+    `LLM.generate` call; the engine's vLLM backend with batches of `batch_size`, `batches_in_flight()` awaited at
+    once (an engine actor's load); the same batches one after another."""
+    import asyncio
+
+    from engine.models.backends import GenerationRequest, create_backend
+    from engine.models.backends.base import with_output_length
+    from engine.synthesis.prompts import synthesizer_prompt
+
+    engine = config.synthesis.engine
+    pairs = read_pairs(config, limit)
+    requests = [GenerationRequest(synthesizer_prompt(pair["caption"], engine.family), [rgb_image(pair["image"])],
+                                  engine.max_tokens, key=pair["id"]) for pair in pairs]
+    batches = [requests[start:start + engine.batch_size] for start in range(0, len(requests), engine.batch_size)]
+    tokens = sum(with_output_length(request, engine.output_length).max_tokens for request in requests)
+    backend = create_backend(engine)
+
+    async def fed() -> None:
+        in_flight = asyncio.Semaphore(engine.batches_in_flight())
+
+        async def one(batch):
+            async with in_flight:
+                await backend.agenerate(batch)
+
+        await asyncio.gather(*map(one, batches))
+
+    def timed(run) -> float:
+        started = time.monotonic()
+        run()
+        return tokens / (time.monotonic() - started)
+
+    # The backend's own engine, called directly while its feeder thread waits for work: the same weights and cache.
+    llm = backend._llm
+    prompts = [{"prompt": request.prompt, "multi_modal_data": {"image": list(request.images)}} for request in requests]
+    params = [backend._sampling_params(with_output_length(request, engine.output_length)) for request in requests]
+    backend.generate(requests[:8])  # the first requests pay one-time costs (processor and kernel warm-up)
+    result = {"requests": len(requests), "output_tokens": tokens, "in_flight": engine.batches_in_flight(),
+              "single_call": timed(lambda: llm.generate(prompts, params, use_tqdm=False)),
+              "fed": timed(lambda: asyncio.run(fed())),
+              "one_at_a_time": timed(lambda: [backend.generate(batch) for batch in batches])}
+    backend.close()
+    return result
+
+
 BASELINES: dict[str, Callable[..., dict]] = {
-    baseline.__name__: baseline for baseline in (vllm_synthesis, hf_synthesis, vllm_evaluation, plain_training)
+    baseline.__name__: baseline for baseline in (vllm_synthesis, hf_synthesis, vllm_evaluation, plain_training,
+                                                 feed_and_single_call)
 }
 
 
@@ -717,7 +782,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small inputs: under 10 minutes on 2 cores")
     parser.add_argument("--only", type=figure_names, default=DEFAULT_FIGURES, metavar="NAME[,NAME]",
-                        help=f"figures to measure, of: {', '.join(FIGURES)} (default: all but scale_100k_vs_10k)")
+                        help=f"figures to measure, of: {', '.join(FIGURES)} (default: all but {', '.join(ON_REQUEST)})")
     parser.add_argument("--work", type=Path, help="build inputs and keep runs and logs here (default: a temporary "
                         "folder, removed at the end)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
