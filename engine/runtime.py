@@ -152,16 +152,15 @@ class EngineStep(ABC):
     async def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         asked = self.requests(rows)
-        _record_all(self, asked, await self._backend.agenerate([request for _, request in asked]) if asked else [])
+        self._record_all(asked, await self._backend.agenerate([request for _, request in asked]) if asked else [])
         return self.output(rows)
 
     def process(self, rows: list[dict[str, Any]]) -> None:
         """What a call does to its rows, for rows in hand and a caller with no event loop (tests, notebooks)."""
         asked = self.requests(rows)
-        _record_all(self, asked, self._backend.generate([request for _, request in asked]) if asked else [])
+        self._record_all(asked, self._backend.generate([request for _, request in asked]) if asked else [])
 
-
-def _record_all(step: EngineStep, asked: list[tuple[dict[str, Any], GenerationRequest]],
-                results: list[GenerationResult]) -> None:
-    for (row, _), result in zip(asked, results, strict=True):
-        step.record(row, result)
+    def _record_all(self, asked: list[tuple[dict[str, Any], GenerationRequest]],
+                    results: list[GenerationResult]) -> None:
+        for (row, _), result in zip(asked, results, strict=True):
+            self.record(row, result)

@@ -35,6 +35,7 @@ request's result, with the reason.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import os
@@ -99,6 +100,10 @@ class OpenAIBackend(Backend):
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         return list(self._pool.map(self._complete, requests))
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        # Not in turns: the requests of every batch in flight share the thread pool, so the server batches them all.
+        return await asyncio.to_thread(self.generate, requests)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
