@@ -39,9 +39,10 @@ memory_10x_vs_1x         peak summed resident memory (RSS, GiB) of every process
     pairs, baseline = the same settings on a tenth of them; ratio 10x/1x. A page shared between processes (Ray's
     object store, libraries) counts once per process, so the sums are upper bounds; the ratio is what the figure is for.
 resume_work              rows processed / rows in for a synthesis of `resume_pairs` pairs (64-token tasks, batches of
-    RESUME_BATCH) killed with SIGKILL to its process group once half its rows are written, then run again. Rows
-    processed = the rows the killed run wrote (its `_rows` files) + the restarted run's `rows_processed_this_run`; 1.0
-    means no row was processed twice. Rows inside the engine pools at the kill are lost work that no file shows.
+    RESUME_BATCH, one in flight per actor) killed with SIGKILL to its process group once half its rows are written,
+    then run again. Rows processed = the rows the killed run wrote (its `_rows` files) + the restarted run's
+    `rows_processed_this_run`; 1.0 means no row was processed twice. Rows inside the engine pools at the kill are
+    lost work that no file shows.
 evaluation_variable_multitask  benchmark rows/s of `adapt evaluate` (the base model on the demo benchmark scored as
     MULTITASK's four tasks: tables, one actor pool for all of them, predictions, scores, report) / a hand-written loop
     over the same rows: same prompts and lengths, every prompt of every task in one `LLM.generate` call, scored with
@@ -422,8 +423,10 @@ def memory_10x_vs_1x(bench: Bench) -> str:
 def resume_work(bench: Bench) -> str:
     pairs = bench.sizes.resume_pairs
     # Small batches: the stream commits rows a batch at a time, and the kill must land between commits.
+    # Batches in flight one at a time, so they commit one after another (all at once they would finish together).
     config_args = bench.new_run("resume", pairs, f"synthesis.engine.max_tokens={SHORT_SYNTHESIZER_TOKENS}",
-                                f"synthesis.engine.batch_size={RESUME_BATCH}")
+                                f"synthesis.engine.batch_size={RESUME_BATCH}",
+                                "synthesis.engine.max_concurrent_batches=1")
     rows_dir = bench.work / "resume" / "synthesis" / "_rows"
     with (bench.work / "resume-killed.log").open("w") as log:
         killed = subprocess.Popen([ADAPT, "synthesize", str(DEMO_CONFIG), *config_args], cwd=REPO, stdout=log,
@@ -459,8 +462,9 @@ def evaluation_variable_multitask(bench: Bench) -> str:
     ratios = {}
     for lengths_name, lengths in REGIMES.items():
         run_name = f"evaluation-{lengths_name}"
-        config_args = bench.new_run(run_name, bench.sizes.pairs, f"evaluation.engine.max_model_len={EVALUATION_CONTEXT}",
-                                    lengths=lengths, tasks=MULTITASK)
+        config_args = bench.new_run(run_name, bench.sizes.pairs,
+                                    f"evaluation.engine.max_model_len={EVALUATION_CONTEXT}", lengths=lengths,
+                                    tasks=MULTITASK)
         run = bench.adapt("evaluate", run_name, config_args)
         states = bench.manifest(run_name, "evaluation")["predictions"]["base"]
         rows = sum(state["rows"] for state in states.values())

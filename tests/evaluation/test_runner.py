@@ -193,6 +193,9 @@ def test_killed_evaluation_resumes(ray_cluster, demo_benchmark, tiny_model_dir, 
     # The drivers join the session's Ray: when one is killed, Ray ends its job and the job's actors.
     config["cluster"] = {"address": ray.get_runtime_context().gcs_address}
     config["evaluation"]["engine"]["batch_size"] = 4
+    # One batch in flight: batches then commit one after another and the kill lands between two (with all of them in
+    # flight at once they would finish together).
+    config["evaluation"]["engine"]["max_concurrent_batches"] = 1
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     script = ("import sys; from engine.config import load_config; "
