@@ -134,7 +134,7 @@ class Sizes:
     training_pairs: int  # training examples: a multiple of the global batch (8), so both sides train on all of them
 
 
-QUICK = Sizes(pairs=512, hf_pairs=8, resume_pairs=256, benchmark_rows=384, training_pairs=200)
+QUICK = Sizes(pairs=384, hf_pairs=4, resume_pairs=256, benchmark_rows=384, training_pairs=96)
 FULL = Sizes(pairs=9216, hf_pairs=32, resume_pairs=1024, benchmark_rows=16000, training_pairs=800)
 
 
