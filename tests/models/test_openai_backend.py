@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -539,3 +540,28 @@ def test_served_prompt_is_the_rendered_prompt_token_for_token(
     bos = processor.tokenizer.bos_token_id
     assert reply.json()["tokens"][:3] == [bos, bos, processor.tokenizer.convert_tokens_to_ids("<|start_header_id|>")]
     assert reply.json()["tokens"] == list(expected)
+
+
+def test_batches_awaited_together_reach_the_server_together(peer):
+    """Two batches in flight on one actor: the first batch's answers are held until a request of the second arrives,
+    which happens only if the second is sent while the first is still out."""
+    first, second = ([GenerationRequest(f"{name} {index}") for index in range(2)] for name in ("first", "second"))
+    second_arrived = threading.Event()
+    answer = peer.reply
+
+    def held_until_the_second_batch(path: str, headers: dict, body: dict) -> Reply:
+        if body["prompt"].startswith("second"):
+            second_arrived.set()
+        elif not second_arrived.wait(timeout=10):  # batches in turns: the second never comes while this waits
+            return Reply(body={"choices": [{"index": 0, "text": "in turns", "finish_reason": "stop"}]})
+        return answer(path, headers, body)
+
+    peer.reply = held_until_the_second_batch
+
+    async def both():
+        return await asyncio.gather(backend.agenerate(first), backend.agenerate(second))
+
+    with http_backend(peer.url) as backend:
+        results = asyncio.run(both())
+    assert [[result.text for result in batch] for batch in results] == [
+        [f"echo {len(request.prompt)}" for request in batch] for batch in (first, second)]
