@@ -132,8 +132,19 @@ class VLLMBackend(Backend):
         return futures
 
     def _feed(self) -> None:
-        """The engine's thread: add what was submitted, step while anything is unfinished, wait when nothing is."""
-        engine, running = self._llm.llm_engine, {}
+        """The engine's thread. Should it ever fail, every caller it holds is answered with the error (and later
+        calls are refused), rather than left waiting on a thread that is gone."""
+        running: dict[str, tuple[str, Future[GenerationResult]]] = {}
+        try:
+            self._feed_until_closed(running)
+        except BaseException as error:
+            _fail([future for _, future in running.values()]
+                  + [s.future for s in _drain(self._submitted) if s is not _CLOSE], error)
+            raise
+
+    def _feed_until_closed(self, running: dict[str, tuple[str, Future[GenerationResult]]]) -> None:
+        """Add what was submitted, step while anything is unfinished, wait when nothing is."""
+        engine = self._llm.llm_engine
         while True:
             submissions = ([] if running else [self._submitted.get()]) + _drain(self._submitted)
             if _CLOSE in submissions:
@@ -205,7 +216,8 @@ def _drain(submitted: queue.SimpleQueue) -> list:
 
 def _fail(futures: list[Future[GenerationResult]], error: str | BaseException) -> None:
     for future in futures:
-        future.set_result(GenerationResult.failure(error))
+        if not future.done():
+            future.set_result(GenerationResult.failure(error))
 
 
 def _engine_prompt(request: GenerationRequest) -> dict[str, Any]:
