@@ -44,9 +44,9 @@ resume_work              rows processed / rows in for a synthesis of `resume_pai
     `rows_processed_this_run`; 1.0 means no row was processed twice. Rows inside the engine pools at the kill are
     lost work that no file shows.
 evaluation_variable_multitask  benchmark rows/s of `adapt evaluate` (the base model on the demo benchmark scored as
-    MULTITASK's four tasks: tables, one actor pool for all of them, predictions, scores, report) / a hand-written loop
-    over the same rows: same prompts and lengths, every prompt of every task in one `LLM.generate` call, scored with
-    the same metrics. The variable regime; `fixed_*` columns give the fixed one. Stderr counts the engine starts.
+    MULTITASK's four tasks: tables, one actor pool for all of them, batches of 64, predictions, scores, report) / a
+    hand-written loop over the same rows: same prompts and lengths, every prompt of every task in one `LLM.generate`
+    call, scored with the same metrics. The variable regime; `fixed_*` columns give the fixed one. Stderr counts the engine starts.
 training_ray_vs_plain    training samples/s of `adapt train` (Ray Train, 2 CPU workers, DeepSpeed ZeRO-2 from
     configs/deepspeed/zero2.json) / a single-process PyTorch loop without Ray or DeepSpeed: same tiny model, same
     examples through the engine's mixture and collator, same micro-batch, global batch and steps, AdamW, the model
@@ -108,13 +108,13 @@ MULTITASK = ("demo_vqa", "vqa_rad", "slake", "pathvqa")
 REGIMES = {"variable": VARIABLE, "fixed": FIXED}
 EVALUATION_CONTEXT = 2048  # a prompt and the longest drawn answer (1024 tokens)
 RESUME_BATCH = 32
-# Engine settings measured best on 2 cores, on top of configs/demo.yaml: two actors per model pool, which Ray runs with
-# one OpenMP thread each (num_cpus < 1), against the loop's one process with two. Two one-thread vLLM processes
-# generate 1.6x what one two-thread process does (62 against 39 pairs/s with 512-token answers, 2026-11-22), as much
-# of a tiny model's decode step is single-threaded Python. Batches of 256, vLLM's CPU default for running sequences:
-# each generate call keeps the scheduler full, and smaller ones cost nearly as much per decode step.
+# Engine settings on top of configs/demo.yaml: two actors per model pool, which Ray runs with one OpenMP thread each
+# (num_cpus < 1), against the loop's one process with two. Two one-thread vLLM processes generate 1.6x what one
+# two-thread process does (768 pairs in 9.0 s against 384 in 7.3 s, 32-512-token answers, 2026-12-07), as much of a
+# tiny model's decode step is single-threaded Python. Synthesis batches of 256 where a figure does not set its own
+# (vLLM's CPU default for running sequences); evaluation batches of 64, the recipes'.
 ENGINE_TUNING = ("synthesis.engine.concurrency=2", "synthesis.engine.batch_size=256",
-                 "evaluation.engine.concurrency=2", "evaluation.engine.batch_size=256")
+                 "evaluation.engine.concurrency=2", "evaluation.engine.batch_size=64")
 # The work measured, whatever configs/demo.yaml's route is: synthesis and judging by models, one training epoch.
 MODEL_ROUTE = ("synthesis.synthesizer=model", "filter.enabled=true", "filter.judge=llm", "training.epochs=1",
                "training.max_steps=null")

@@ -15,25 +15,18 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
-from transformers import (
-    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForImageTextToText,
-    AutoProcessor,
-    AutoTokenizer,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    ProcessorMixin,
-)
+from typing import TYPE_CHECKING, Any, Literal
 
 from engine.config import ConfigError, EngineConfig, is_local_path, is_url
 from engine.models.families import ModelFamily, for_checkpoint, get_family
 from engine.models.staging import stage_model
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
+
+# torch and transformers are imported where a model or processor is loaded, not with this module: every Ray worker
+# of a synthesis stream imports this module through its steps (6 s of a core each on 2 cores), and most of them,
+# the driver included, never load a model.
 
 logger = logging.getLogger(__name__)
 # The variable huggingface_hub reads its token from: gated models (Llama 3) need one with access granted.
@@ -42,9 +35,10 @@ HUB_TOKEN_ENV = "HF_TOKEN"
 ModelKind = Literal["image-text-to-text", "causal-lm"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
-_MODEL_CLASSES = {"image-text-to-text": AutoModelForImageTextToText, "causal-lm": AutoModelForCausalLM}
-# "auto" keeps the dtype recorded in the checkpoint's config.
-_DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# transformers' Auto class of each kind of model.
+_MODEL_CLASSES = {"image-text-to-text": "AutoModelForImageTextToText", "causal-lm": "AutoModelForCausalLM"}
+# torch's dtypes by name; "auto" keeps the dtype recorded in the checkpoint's config.
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class ProcessorLoadError(ValueError):
@@ -109,6 +103,8 @@ def load_processor(
 ) -> ProcessorMixin | PreTrainedTokenizerBase:
     """The model's processor (image-text models) or tokenizer (text models). `processor_kwargs` override the saved
     processor settings (e.g. Qwen2-VL's min_pixels / max_pixels)."""
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase
+
     name_or_path = resolve_model(name_or_path)
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     if not is_image_text_config(config):
@@ -135,14 +131,20 @@ def load_model(
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(_MODEL_CLASSES)}")
     if dtype not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
-    model = _MODEL_CLASSES[kind].from_pretrained(
-        resolve_model(name_or_path), dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code
+    import torch
+    import transformers
+
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    model = getattr(transformers, _MODEL_CLASSES[kind]).from_pretrained(
+        resolve_model(name_or_path), dtype=torch_dtype, trust_remote_code=trust_remote_code
     )
     return model.eval()
 
 
 def is_image_text_config(config: PretrainedConfig) -> bool:
     """Whether AutoModelForImageTextToText builds this model, natively or through the checkpoint's own code."""
+    from transformers import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+
     auto_map = getattr(config, "auto_map", None) or {}
     return type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING or "AutoModelForImageTextToText" in auto_map
 
@@ -161,6 +163,8 @@ class ChatFormat:
 
 
 def tokenizer_of(processor: ProcessorMixin | PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    from transformers import PreTrainedTokenizerBase
+
     return processor if isinstance(processor, PreTrainedTokenizerBase) else processor.tokenizer
 
 

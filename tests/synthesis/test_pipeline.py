@@ -173,3 +173,62 @@ def test_published_files_group_the_rows_files_by_size(tmp_path):
     groups = file_groups(fsspec.filesystem("file"), str(tmp_path), target_bytes=100)
     assert [[path.rsplit("/", 1)[-1] for path in group] for group in groups] == [
         ["part-0.parquet", "part-1.parquet"], ["part-2.parquet", "part-3.parquet"], ["part-4.parquet"]]
+
+
+def waiting_step(marks: Path) -> type:
+    """An EngineStep whose every call leaves its process id in `marks` and waits (60 s at most) until two processes
+    have: it returns only once a second actor of the pool has work too. Built in a function so Ray ships the class by
+    value to its actors."""
+    import asyncio
+    import os
+    import time
+
+    import pyarrow as pa
+
+    from engine.models.backends import Backend, GenerationResult
+    from engine.runtime import EngineStep
+
+    class Echo(Backend):
+        model_id = "echo"
+
+        def generate(self, requests):
+            return [GenerationResult(text=request.prompt) for request in requests]
+
+    class WaitingStep(EngineStep):
+        def __init__(self, engine):
+            self._backend = Echo()
+
+        def requests(self, rows):
+            return []
+
+        def record(self, row, result):
+            pass
+
+        def output(self, rows):
+            return pa.Table.from_pylist(rows)
+
+        async def __call__(self, batch):
+            (marks / str(os.getpid())).touch()
+            deadline = time.monotonic() + 60
+            while len(list(marks.iterdir())) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            return (await super().__call__(batch)).append_column("actors", pa.array([len(list(marks.iterdir()))]
+                                                                                      * batch.num_rows))
+
+    return WaitingStep
+
+
+def test_a_stream_read_in_blocks_larger_than_a_batch_gives_every_actor_batches(ray_cluster, tmp_path):
+    import ray
+
+    from engine.config import EngineConfig
+    from engine.synthesis.pipeline import model_step
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    engine = EngineConfig(model="unused", family="text", backend="vllm", device="cpu", num_cpus=0.25, kv_cache_gib=0.0625, concurrency=2, batch_size=8,
+                          max_concurrent_batches=2)
+    # One block of 64 rows, as a shard's record batch is read: without splitting it would be one task for one actor.
+    rows = model_step(ray.data.range(64, override_num_blocks=1), waiting_step(marks), engine).take_all()
+    assert sorted(row["id"] for row in rows) == list(range(64))
+    assert len(list(marks.iterdir())) == 2 and all(row["actors"] == 2 for row in rows)
