@@ -28,6 +28,11 @@ InferenceBackend = Literal["vllm", "transformers", "openai"]
 Device = Literal["cpu", "cuda"]
 # Sequences vLLM's scheduler runs at once by default (max_num_seqs): what the batches in flight on an actor must fill.
 SCHEDULER_SEQUENCES = 256
+# Requests in flight per actor, by default, per scheduler slot. A batch holds its place until its longest answer ends,
+# so most of its requests sit finished meanwhile: with the evaluation's long-tail answers (80% under 16 tokens, 5% up
+# to 1024) an actor needed about four times the scheduler's sequences in flight to keep it full (16,000 benchmark
+# rows on 2 cores, batches of 64: 134 s with 9 in flight, 120 s with 16, 114 s with 32; 2026-12-07).
+REQUESTS_IN_FLIGHT_PER_SEQUENCE = 4
 # How long each answer is: the model's own choice, or forced for benchmarks (engine.models.backends.base.forced_length).
 OutputLength = Literal["natural", "max_tokens", "uniform_32_512", "long_tail"]
 
@@ -249,10 +254,12 @@ class EngineConfig(Section, ImageBounds):
         None,
         ge=1,
         description="Batches in flight per actor (backends vllm and openai): while one batch waits for its longest "
-        "answer, the others keep the engine's scheduler full. Null: enough to fill vLLM's scheduler (256 sequences, "
-        "its default max_num_seqs) with one batch more, ceil(256 / batch_size) + 1 (5 for batches of 64). More only "
-        "queues rows on one actor while another idles at the end of a stream. The transformers backend runs one "
-        "batch at a time whatever this says.",
+        "answer, the others keep the engine's scheduler full. Null: four times what fills vLLM's scheduler (256 "
+        "sequences, its default max_num_seqs), plus one batch: ceil(1024 / batch_size) + 1 (17 for batches of 64), "
+        "since a batch keeps its place until its longest answer ends. Each actor then holds about 1,000 requests' "
+        "processed images; lower it where host memory is short. More queues rows on one actor while another idles at "
+        "the start and end of a stream (a stream of fewer batches than actors x this may run on one actor). The "
+        "transformers backend runs one batch at a time whatever this says.",
     )
     max_tokens: int | None = Field(
         None, ge=1,
@@ -296,7 +303,7 @@ class EngineConfig(Section, ImageBounds):
             return 1
         if self.max_concurrent_batches is not None:
             return self.max_concurrent_batches
-        return -(-SCHEDULER_SEQUENCES // self.batch_size) + 1
+        return -(-SCHEDULER_SEQUENCES * REQUESTS_IN_FLIGHT_PER_SEQUENCE // self.batch_size) + 1
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:

@@ -56,10 +56,10 @@ def counting_step() -> type[EngineStep]:
 def test_the_pool_sends_each_engine_actor_several_batches_except_transformers(tiny_model_dir):
     vllm = engine_config(tiny_model_dir, "vllm")
     for engine, in_flight in ((vllm, IN_FLIGHT), (engine_config(tiny_model_dir, "transformers"), 1),
-                              # by default, enough to fill vLLM's 256 running sequences, plus one batch
-                              (vllm.model_copy(update={"max_concurrent_batches": None, "batch_size": 64}), 5),
-                              (vllm.model_copy(update={"max_concurrent_batches": None, "batch_size": 256}), 2),
-                              (vllm.model_copy(update={"max_concurrent_batches": None, "batch_size": 100}), 4)):
+                              # by default, four times vLLM's 256 running sequences, plus one batch
+                              (vllm.model_copy(update={"max_concurrent_batches": None, "batch_size": 64}), 17),
+                              (vllm.model_copy(update={"max_concurrent_batches": None, "batch_size": 256}), 5),
+                              (vllm.model_copy(update={"max_concurrent_batches": None, "batch_size": 100}), 12)):
         pool = engine_actor_options(engine)["compute"]
         assert pool.max_concurrent_calls_per_actor == pool.max_tasks_in_flight_per_actor == in_flight
 
