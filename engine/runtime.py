@@ -109,6 +109,17 @@ def engine_actor_options(engine: EngineConfig) -> dict:
     return options
 
 
+def through_engine_pool(ds: ray.data.Dataset, step: type[EngineStep], engine: EngineConfig,
+                        **constructor_kwargs: Any) -> ray.data.Dataset:
+    """`ds` through a pool of `step` actors holding `engine`; `constructor_kwargs` go to the step with the engine."""
+    # One block per batch: a Ray Data task is then one batch, and the pool hands each actor batches_in_flight() of
+    # them, the least busy actor first. Blocks as read (a shard's record batch of 256 rows; Ray reads a small file into
+    # one block) would make a task several batches, so the first actor ready would take most of a small stream.
+    return (ds.repartition(target_num_rows_per_block=engine.batch_size)
+            .map_batches(step, fn_constructor_kwargs={"engine": engine, **constructor_kwargs},
+                         batch_size=engine.batch_size, batch_format="pyarrow", **engine_actor_options(engine)))
+
+
 def pool_cost(pools: dict[str, EngineConfig], seconds: float, kept_tasks: int) -> dict[str, Any]:
     """What a stage's engine pools cost: accelerator-hours and CPU-core-hours, in all and per 1,000 kept tasks.
 

@@ -1,13 +1,16 @@
-"""engine/runtime.py: engine actors keep several batches in flight, and a request that cannot run fails alone there."""
+"""engine/runtime.py: engine actors keep several batches in flight, every actor of a pool gets batches, and a request
+that cannot run fails alone there."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from engine.config import EngineConfig
 from engine.models.backends import GenerationRequest, GenerationResult, create_backend
-from engine.runtime import EngineStep, engine_actor_options, pool_cost
+from engine.runtime import EngineStep, engine_actor_options, pool_cost, through_engine_pool
 
 ROWS, BATCH, IN_FLIGHT, TOKENS = 48, 4, 4, 24
 TOO_LONG = 7  # this row's prompt exceeds the engine's context
@@ -91,3 +94,57 @@ def test_one_vllm_actor_runs_several_batches_at_once_and_a_bad_request_fails_alo
     failed = [row for row in rows if row["error"]]
     assert [row["id"] for row in failed] == [TOO_LONG] and "maximum context length" in failed[0]["error"]
     assert all(row["tokens"] == TOKENS for row in rows if not row["error"])
+
+
+def waiting_step(marks: Path) -> type:
+    """An EngineStep whose every call leaves its process id in `marks` and waits (60 s at most) until two processes
+    have: it returns only once a second actor of the pool has work too. Built in a function so Ray ships the class by
+    value to its actors."""
+    import asyncio
+    import os
+    import time
+
+    from engine.models.backends import Backend
+
+    class Echo(Backend):
+        model_id = "echo"
+
+        def generate(self, requests):
+            return [GenerationResult(text=request.prompt) for request in requests]  # never asked: no requests
+
+    class WaitingStep(EngineStep):
+        def __init__(self, engine):
+            self._backend = Echo()
+
+        def requests(self, rows):
+            return []
+
+        def record(self, row, result):
+            pass
+
+        def output(self, rows):
+            return pa.Table.from_pylist(rows)
+
+        async def __call__(self, batch):
+            (marks / str(os.getpid())).touch()
+            deadline = time.monotonic() + 60
+            while len(list(marks.iterdir())) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            actors = len(list(marks.iterdir()))
+            return (await super().__call__(batch)).append_column("actors", pa.array([actors] * batch.num_rows))
+
+    return WaitingStep
+
+
+@pytest.mark.timeout(300)
+def test_a_stream_read_in_blocks_larger_than_a_batch_gives_every_actor_batches(ray_cluster, tmp_path):
+    import ray
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    engine = EngineConfig(model="unused", family="text", backend="vllm", device="cpu", num_cpus=0.25,
+                          kv_cache_gib=0.0625, concurrency=2, batch_size=8, max_concurrent_batches=2)
+    # One block of 64 rows, as a shard's record batch is read: without splitting it would be one task for one actor.
+    rows = through_engine_pool(ray.data.range(64, override_num_blocks=1), waiting_step(marks), engine).take_all()
+    assert sorted(row["id"] for row in rows) == list(range(64))
+    assert len(list(marks.iterdir())) == 2 and all(row["actors"] == 2 for row in rows)

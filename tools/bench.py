@@ -46,7 +46,8 @@ resume_work              rows processed / rows in for a synthesis of `resume_pai
 evaluation_variable_multitask  benchmark rows/s of `adapt evaluate` (the base model on the demo benchmark scored as
     MULTITASK's four tasks: tables, one actor pool for all of them, batches of 64, predictions, scores, report) / a
     hand-written loop over the same rows: same prompts and lengths, every prompt of every task in one `LLM.generate`
-    call, scored with the same metrics. The variable regime; `fixed_*` columns give the fixed one. Stderr counts the engine starts.
+    call, scored with the same metrics. The variable regime; `fixed_*` columns give the fixed one. Stderr counts the
+    engine starts.
 training_ray_vs_plain    training samples/s of `adapt train` (Ray Train, 2 CPU workers, DeepSpeed ZeRO-2 from
     configs/deepspeed/zero2.json) / a single-process PyTorch loop without Ray or DeepSpeed: same tiny model, same
     examples through the engine's mixture and collator, same micro-batch, global batch and steps, AdamW, the model

@@ -61,7 +61,7 @@ from engine.models.backends import GenerationRequest, GenerationResult, create_b
 from engine.models.families import FAMILIES, render
 from engine.models.loading import check_hub_models, engine_chat_format
 from engine.records import PREDICTION_SCHEMA
-from engine.runtime import EngineStep, engine_actor_options, ray_session
+from engine.runtime import EngineStep, ray_session, through_engine_pool
 
 # Bump when the normalized benchmark table or the prediction rows change meaning: older files are then redone.
 TABLE_VERSION = 2
@@ -288,14 +288,10 @@ class EvaluationStage:
             table_paths.append(path)
         predictions_path, predictions_fs = arrow_location(self.dir.url(self.dir.model_predictions(model)))
         try:
-            # One block per actor batch (Ray reads small files into one block): every actor of the pool gets work
-            # even on a small benchmark, and each finished batch is committed to the checkpoint.
-            (ray.data.read_parquet(table_paths, filesystem=tables_fs)
-             .repartition(target_num_rows_per_block=engine.batch_size)
-             .map_batches(Predict, fn_constructor_kwargs={"engine": engine, "tasks": [spec.name for spec in specs],
-                                                          "model": model},
-                          batch_size=engine.batch_size, batch_format="pyarrow", **engine_actor_options(engine))
-             .write_parquet(predictions_path, filesystem=predictions_fs, partition_cols=["task"]))
+            # Each finished batch (one block, through_engine_pool) is committed to the checkpoint.
+            predictions = through_engine_pool(ray.data.read_parquet(table_paths, filesystem=tables_fs), Predict,
+                                              engine, tasks=[spec.name for spec in specs], model=model)
+            predictions.write_parquet(predictions_path, filesystem=predictions_fs, partition_cols=["task"])
         finally:
             context.checkpoint_config = None
         seconds = time.monotonic() - started

@@ -6,6 +6,10 @@ Remote code stays off unless the caller asks for it. An image-text model whose p
 is an error here: when the processor class named in processor_config.json is unknown to transformers (a custom class
 not registered before loading, or one that needs remote code), AutoProcessor silently returns just the tokenizer, and
 that would surface much later as images ignored or a confusing failure inside the collator.
+
+torch and transformers are imported where a model or processor is loaded, not with this module: every Ray worker of a
+stream imports it through the stage's steps (it cost each 6 s of a core on 2 cores), and most of them, the driver
+included, never load a model.
 """
 
 from __future__ import annotations
@@ -23,10 +27,6 @@ from engine.models.staging import stage_model
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
-
-# torch and transformers are imported where a model or processor is loaded, not with this module: every Ray worker
-# of a synthesis stream imports this module through its steps (6 s of a core each on 2 cores), and most of them,
-# the driver included, never load a model.
 
 logger = logging.getLogger(__name__)
 # The variable huggingface_hub reads its token from: gated models (Llama 3) need one with access granted.

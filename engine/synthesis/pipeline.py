@@ -34,7 +34,7 @@ from engine.io.sinks import write_parquet
 from engine.io.sources import dataset_root, list_shards
 from engine.io.validation import validate_row
 from engine.models.loading import check_hub_models
-from engine.runtime import EngineStep, engine_actor_options, pool_cost, ray_session
+from engine.runtime import pool_cost, ray_session, through_engine_pool
 from engine.synthesis import outputs
 from engine.synthesis.examples import BuildExamples
 from engine.synthesis.judge import LexicalJudge, LLMJudge
@@ -67,16 +67,6 @@ def synthesis_fingerprint(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def model_step(ds: ray.data.Dataset, step: type[EngineStep], engine: EngineConfig, **kwargs) -> ray.data.Dataset:
-    """`ds` through a pool of `step` actors holding `engine` (kwargs go to the step's constructor)."""
-    # One block per batch: a Ray Data task is then one batch, and the pool hands each actor batches_in_flight() of
-    # them, the least busy actor first. Blocks as read (a shard's record batch, 256 rows) would make a task several
-    # batches, so the first actor ready would take most of a small stream while the others idle.
-    return (ds.repartition(target_num_rows_per_block=engine.batch_size)
-            .map_batches(step, fn_constructor_kwargs={"engine": engine, **kwargs}, batch_size=engine.batch_size,
-                         batch_format="pyarrow", **engine_actor_options(engine)))
-
-
 def build_dataset(config: RunConfig, shards: list[str], root: str) -> ray.data.Dataset:
     """The streaming plan, from shard files to finished working rows."""
     data, synthesis, filtering = config.data, config.synthesis, config.filter
@@ -87,12 +77,12 @@ def build_dataset(config: RunConfig, shards: list[str], root: str) -> ray.data.D
     ds = ray.data.read_datasource(CaptionShardDatasource(shards, data.format, root, filesystem=filesystem))
     ds = ds.map_batches(ValidateRows(root, limits, data.max_caption_chars), batch_format="pyarrow")
     if synthesis.synthesizer == "model":
-        ds = model_step(ds, ModelSynthesizer, synthesis.engine, prompt_format=synthesis.prompt_format,
-                         lenient_parse=synthesis.lenient_parse)
+        ds = through_engine_pool(ds, ModelSynthesizer, synthesis.engine, prompt_format=synthesis.prompt_format,
+                                 lenient_parse=synthesis.lenient_parse)
     else:
         ds = ds.map_batches(RuleBasedSynthesizer(synthesis.seed), batch_format="pyarrow")
     if filtering.enabled and filtering.judge == "llm":
-        ds = model_step(ds, LLMJudge, filtering.engine, lenient_label=filtering.lenient_label)
+        ds = through_engine_pool(ds, LLMJudge, filtering.engine, lenient_label=filtering.lenient_label)
     elif filtering.enabled:
         ds = ds.map_batches(LexicalJudge(), batch_format="pyarrow")
     build = BuildExamples(synthesis.seed, filtering.enabled, synthesis.keep_pairs_without_task)
