@@ -1,7 +1,7 @@
 """Benchmarks of the engine against the loops users would otherwise write, as ratios measured in one run.
 
     python tools/bench.py --quick                                  # 10 min on README's box A, 23 on box B
-    python tools/bench.py                                          # larger inputs: 37 min on box A, hours on box B
+    python tools/bench.py                                          # larger inputs: 37 min on box A, over an hour on box B
     python tools/bench.py --only resume_work,memory_10x_vs_1x      # a subset
     python tools/bench.py --quick --only synthesis_variable_b64 synthesis.engine.max_concurrent_batches=4   # a setting
 
